@@ -1,0 +1,264 @@
+"""Send meter events to Stripe as fast as the rate limit allows, and no faster.
+
+Two transports: v1 `POST /v1/billing/meter_events`, one event per request, sent concurrently;
+and the v2 meter event stream (`STRIPE_METER_EVENT_STREAM=true`), up to 100 events per request
+authenticated by a 15-minute session token. Both go through one token bucket, and both retry 429s
+and 5xx with backoff until an event is delivered or its failure is final.
+
+Senders never touch the database: they take events and yield results, and the reporting engine
+records them. That keeps database writes in one thread (SQLite allows one writer).
+"""
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import stripe
+from django.conf import settings
+
+from billing.ratelimit import TokenBucket
+from billing.redaction import redact
+from billing.stripe_client import get_client
+
+logger = logging.getLogger(__name__)
+
+V2_BATCH_SIZE = 100
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class MeterEvent:
+    key: Any  # the caller's handle for this event (returned with its result)
+    event_name: str
+    stripe_customer_id: str
+    value: Decimal
+    timestamp: datetime
+    identifier: str
+
+    def payload(self) -> dict[str, str]:
+        return {"stripe_customer_id": self.stripe_customer_id, "value": format_value(self.value)}
+
+
+@dataclass(frozen=True)
+class SendResult:
+    event: MeterEvent
+    delivered: bool
+    request_id: str = ""
+    error: str = ""
+
+
+def format_value(value: Decimal) -> str:
+    """Stripe takes the value as a decimal string: no exponent, no trailing zeros."""
+    text = format(value.normalize(), "f")
+    return "0" if text in {"-0", ""} else text
+
+
+def is_duplicate_identifier(exc: stripe.StripeError) -> bool:
+    """Stripe refuses an identifier it saw in the last 24 hours: that event was delivered."""
+    message = (getattr(exc, "user_message", None) or str(exc)).lower()
+    return exc.http_status == 400 and "already exists" in message and "identifier" in message
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+def _classify(exc: stripe.StripeError) -> _Retry | None:
+    """A retryable Stripe failure as _Retry, or None when retrying cannot help."""
+    headers = exc.headers or {}
+    should_retry = str(headers.get("stripe-should-retry", "")).lower()
+    if should_retry == "false":
+        return None
+    if isinstance(exc, stripe.APIConnectionError):
+        return _Retry(f"cannot reach Stripe: {exc}")
+    status = exc.http_status or 0
+    if status == 429 or status >= 500 or should_retry == "true" or status == 409:
+        retry_after = headers.get("retry-after")
+        return _Retry(
+            f"Stripe answered {status}",
+            float(retry_after) if retry_after and str(retry_after).isdigit() else None,
+        )
+    return None
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, stripe.StripeError):
+        status = f"HTTP {exc.http_status}: " if exc.http_status else ""
+        return redact(f"{status}{exc.user_message or exc}")
+    return redact(str(exc) or type(exc).__name__)
+
+
+class _Base:
+    def __init__(
+        self,
+        *,
+        rate: float | None = None,
+        max_attempts: int | None = None,
+        backoff: float | None = None,
+        concurrency: int | None = None,
+    ) -> None:
+        self.rate = rate or settings.STRIPE_MAX_REQUESTS_PER_SECOND
+        self.bucket = TokenBucket(rate=self.rate)
+        self.max_attempts = max_attempts or settings.STRIPE_SEND_MAX_ATTEMPTS
+        self.backoff = settings.STRIPE_RETRY_BACKOFF_SECONDS if backoff is None else backoff
+        self.concurrency = concurrency or settings.STRIPE_SEND_CONCURRENCY
+        self.client = get_client(max_network_retries=0)  # retries go through the bucket
+        self.requests = 0
+        self._count_lock = threading.Lock()
+
+    def _call(self, func: Callable[[], T]) -> T:
+        """Call Stripe through the bucket, retrying what can be retried. Raises the last error."""
+        attempt = 0
+        while True:
+            attempt += 1
+            self.bucket.acquire()
+            with self._count_lock:
+                self.requests += 1
+            try:
+                return func()
+            except stripe.StripeError as exc:
+                retry = _classify(exc)
+                if retry is None or attempt >= self.max_attempts:
+                    raise
+                delay = retry.retry_after or min(30.0, self.backoff * 2 ** (attempt - 1))
+                time.sleep(delay * (0.5 + random.random()))  # jitter spreads a 429 storm
+
+    def _run_concurrently(
+        self, jobs: Iterable[Any], work: Callable[[Any], list[SendResult]]
+    ) -> Iterator[SendResult]:
+        """Run `work` over `jobs` on a bounded pool; never holds more than 2x pool jobs."""
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="stripe") as pool:
+            pending: set[Future[list[SendResult]]] = set()
+            for job in jobs:
+                pending.add(pool.submit(work, job))
+                if len(pending) >= self.concurrency * 2:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        yield from future.result()
+            for future in pending:
+                yield from future.result()
+
+
+class V1Sender(_Base):
+    """One `POST /v1/billing/meter_events` per event, concurrently, at the configured rate."""
+
+    def send(self, events: Iterable[MeterEvent], *, run_tag: str) -> Iterator[SendResult]:
+        return self._run_concurrently(events, lambda event: [self._send_one(event, run_tag)])
+
+    def _send_one(self, event: MeterEvent, run_tag: str) -> SendResult:
+        params = {
+            "event_name": event.event_name,
+            "payload": event.payload(),
+            "timestamp": int(event.timestamp.timestamp()),
+            "identifier": event.identifier,
+        }
+        # One idempotency key per event and run: the library's automatic key would change on
+        # each of our own retries.
+        options: dict[str, Any] = {"idempotency_key": f"{event.identifier}-{run_tag}"}
+        try:
+            created = self._call(
+                lambda: self.client.v1.billing.meter_events.create(params, options=options)  # type: ignore[arg-type]
+            )
+        except stripe.StripeError as exc:
+            if is_duplicate_identifier(exc):
+                return SendResult(event, True, exc.request_id or "", "already delivered")
+            return SendResult(event, False, exc.request_id or "", describe(exc))
+        except Exception as exc:  # an unexpected answer fails this event, not the run
+            logger.exception("Sending meter event %s failed", event.identifier)
+            return SendResult(event, False, "", describe(exc))
+        response = created.last_response
+        return SendResult(event, True, (response.request_id or "") if response else "")
+
+
+class V2StreamSender(_Base):
+    """Batches of up to 100 events to the v2 meter event stream, with a renewed session token."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._token: str | None = None
+        self._expires_at = datetime.min.replace(tzinfo=UTC)
+        self._token_lock = threading.Lock()
+
+    def _session_token(self, *, renew: bool = False) -> str:
+        with self._token_lock:
+            # Renew a minute early: a batch in flight must not carry a token that expires.
+            if renew or self._token is None or datetime.now(UTC) > self._expires_at - timedelta(
+                minutes=1
+            ):
+                session = self._call(lambda: self.client.v2.billing.meter_event_session.create())
+                self._token = session.authentication_token
+                expires = session.expires_at
+                self._expires_at = (
+                    expires
+                    if isinstance(expires, datetime)
+                    else datetime.fromisoformat(str(expires).replace("Z", "+00:00"))
+                )
+            return self._token
+
+    def send(self, events: Iterable[MeterEvent], *, run_tag: str) -> Iterator[SendResult]:
+        return self._run_concurrently(_batches(events, V2_BATCH_SIZE), self._send_batch)
+
+    def _send_batch(self, batch: list[MeterEvent]) -> list[SendResult]:
+        body = {
+            "events": [
+                {
+                    "event_name": e.event_name,
+                    "identifier": e.identifier,
+                    "payload": e.payload(),
+                    "timestamp": e.timestamp.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+                }
+                for e in batch
+            ]
+        }
+        renewed = False
+        while True:
+            token = self._session_token(renew=renewed)
+            try:
+                self._call(
+                    lambda: self.client.v2.billing.meter_event_stream.create(
+                        body,  # type: ignore[arg-type]
+                        options={"api_key": token},
+                    )
+                )
+            except stripe.StripeError as exc:
+                expired = (
+                    isinstance(exc, stripe.TemporarySessionExpiredError)
+                    or exc.code == "billing_meter_event_session_expired"
+                    or exc.http_status == 401
+                )
+                if expired and not renewed:
+                    renewed = True
+                    continue
+                error = describe(exc)
+                return [SendResult(e, False, exc.request_id or "", error) for e in batch]
+            except Exception as exc:
+                logger.exception("Sending a batch to the meter event stream failed")
+                return [SendResult(e, False, "", describe(exc)) for e in batch]
+            # The stream validates asynchronously: a 200 means Stripe took the batch.
+            return [SendResult(e, True, "") for e in batch]
+
+
+def _batches(events: Iterable[MeterEvent], size: int) -> Iterator[list[MeterEvent]]:
+    batch: list[MeterEvent] = []
+    for event in events:
+        batch.append(event)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def make_sender(**kwargs: Any) -> V1Sender | V2StreamSender:
+    if settings.STRIPE_METER_EVENT_STREAM:
+        return V2StreamSender(**kwargs)
+    return V1Sender(**kwargs)

@@ -1,0 +1,316 @@
+"""Meterbridge's data model: what finance staff keep, and the history of what was reported.
+
+Names follow DESIGN.md: commands, admin and tests use them.
+"""
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+from billing import validators
+
+QUANTITY_DIGITS = {"max_digits": 32, "decimal_places": 12}
+
+
+class SyncStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SYNCED = "synced", "Synced"
+    FAILED = "failed", "Failed"
+
+
+class StripeSynced(models.Model):
+    """A row that mirrors an object in Stripe; its sync state is kept beside it."""
+
+    sync_status = models.CharField(
+        max_length=10, choices=SyncStatus.choices, default=SyncStatus.PENDING, db_index=True
+    )
+    sync_error = models.TextField(blank=True)
+    synced_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        abstract = True
+
+
+class Window(models.TextChoices):
+    HOUR = "hour", "Hourly"
+    DAY = "day", "Daily"
+
+
+class Meter(StripeSynced):
+    name = models.CharField(max_length=250, help_text="Shown in Stripe as the meter's name.")
+    openmeter_slug = models.CharField(
+        "OpenMeter slug", max_length=100, unique=True, validators=[validators.openmeter_slug]
+    )
+    event_name = models.CharField(
+        max_length=100,
+        unique=True,
+        blank=True,
+        validators=[validators.event_name],
+        help_text="Stripe meter event name. Leave blank to use the OpenMeter slug. "
+        "Cannot change once the meter exists in Stripe.",
+    )
+    window = models.CharField(
+        max_length=4,
+        choices=Window.choices,
+        default=Window.HOUR,
+        help_text="Usage is reported per UTC hour or day. Cannot change once in Stripe.",
+    )
+    stripe_meter_id = models.CharField(
+        "Stripe meter id",
+        max_length=100,
+        blank=True,
+        validators=[validators.stripe_meter_id],
+    )
+    openmeter_aggregation = models.CharField(
+        max_length=20, blank=True, help_text="The OpenMeter meter's aggregation, read on save."
+    )
+    active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["stripe_meter_id"],
+                condition=~Q(stripe_meter_id=""),
+                name="unique_stripe_meter_id",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.openmeter_slug})"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        if not self.event_name:
+            self.event_name = self.openmeter_slug
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+
+class Customer(StripeSynced):
+    name = models.CharField(max_length=256)
+    email = models.EmailField(max_length=512, blank=True)
+    openmeter_subject = models.CharField(
+        "OpenMeter subject",
+        max_length=255,
+        unique=True,
+        help_text="The subject key this customer's usage carries in OpenMeter.",
+    )
+    stripe_customer_id = models.CharField(
+        "Stripe customer id",
+        max_length=100,
+        blank=True,
+        validators=[validators.stripe_customer_id],
+        help_text="Leave blank to create the customer in Stripe; fill to link an existing one.",
+    )
+    active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["stripe_customer_id"],
+                condition=~Q(stripe_customer_id=""),
+                name="unique_stripe_customer_id",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.openmeter_subject})"
+
+
+class Interval(models.TextChoices):
+    DAY = "day", "Daily"
+    WEEK = "week", "Weekly"
+    MONTH = "month", "Monthly"
+    YEAR = "year", "Yearly"
+
+
+class PriceMapping(StripeSynced):
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="prices")
+    product_name = models.CharField(max_length=250)
+    stripe_product_id = models.CharField(
+        "Stripe product id",
+        max_length=100,
+        blank=True,
+        validators=[validators.stripe_product_id],
+        help_text="Leave blank to create a product; fill to use an existing one.",
+    )
+    stripe_price_id = models.CharField(
+        "Stripe price id",
+        max_length=100,
+        blank=True,
+        validators=[validators.stripe_price_id],
+        help_text="Filled by the sync. A changed amount creates a new price.",
+    )
+    currency = models.CharField(max_length=3, default="usd", validators=[validators.currency_code])
+    unit_amount_decimal = models.DecimalField(
+        "unit amount",
+        max_digits=24,
+        decimal_places=12,
+        validators=[MinValueValidator(Decimal(0), "The amount cannot be negative.")],
+        help_text="Per unit, in the currency's minor unit (cents for usd): 0.5 is half a cent.",
+    )
+    interval = models.CharField(max_length=5, choices=Interval.choices, default=Interval.MONTH)
+    active = models.BooleanField(default=True)
+    # What the current Stripe price was created with: a difference means a new price is due.
+    stripe_price_amount = models.DecimalField(max_digits=24, decimal_places=12, null=True)
+    stripe_price_currency = models.CharField(max_length=3, blank=True)
+    stripe_price_interval = models.CharField(max_length=5, blank=True)
+
+    class Meta:
+        ordering = ["product_name"]
+        verbose_name = "price"
+
+    def __str__(self) -> str:
+        return f"{self.product_name}: {self.unit_amount_decimal} {self.currency}/{self.meter.name}"
+
+
+class ArchivedPrice(models.Model):
+    """A Stripe price replaced by a new one when the amount changed (Stripe prices are immutable)."""
+
+    price_mapping = models.ForeignKey(
+        PriceMapping, on_delete=models.CASCADE, related_name="archived_prices"
+    )
+    stripe_price_id = models.CharField(max_length=100, unique=True)
+    unit_amount_decimal = models.DecimalField(max_digits=24, decimal_places=12)
+    currency = models.CharField(max_length=3)
+    replaced_by = models.CharField(max_length=100)
+    archived_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-archived_at"]
+
+    def __str__(self) -> str:
+        return self.stripe_price_id
+
+
+class Subscription(StripeSynced):
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="subscriptions")
+    prices = models.ManyToManyField(PriceMapping, related_name="subscriptions", blank=True)
+    stripe_subscription_id = models.CharField(
+        "Stripe subscription id",
+        max_length=100,
+        blank=True,
+        validators=[validators.stripe_subscription_id],
+    )
+    status = models.CharField(max_length=30, blank=True, help_text="The status Stripe reports.")
+    cancel_requested = models.BooleanField(default=False)
+    # Stripe subscription item per price: {"<stripe price id>": "<si_...>"}.
+    stripe_items = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Subscription of {self.customer.name}" + (
+            f" ({self.stripe_subscription_id})" if self.stripe_subscription_id else ""
+        )
+
+
+class Trigger(models.TextChoices):
+    SCHEDULE = "schedule", "Schedule"
+    ADMIN = "admin", "Admin"
+    COMMAND = "command", "Command"
+
+
+class RunStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    PARTIAL = "partial", "Partial"
+    FAILED = "failed", "Failed"
+
+
+class ReportRun(models.Model):
+    trigger = models.CharField(max_length=10, choices=Trigger.choices)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    dry_run = models.BooleanField(default=False)
+    status = models.CharField(
+        max_length=10, choices=RunStatus.choices, default=RunStatus.RUNNING, db_index=True
+    )
+    # The selection the run was asked for (empty list: every active one).
+    meter_slugs = models.JSONField(default=list, blank=True)
+    customer_subjects = models.JSONField(default=list, blank=True)
+    windows_checked = models.PositiveIntegerField(default=0)
+    events_sent = models.PositiveIntegerField(default=0)
+    events_unchanged = models.PositiveIntegerField(default=0)
+    events_failed = models.PositiveIntegerField(default=0)
+    unmapped_subjects = models.PositiveIntegerField(default=0)
+    unmapped_quantity = models.DecimalField(default=Decimal(0), **QUANTITY_DIGITS)
+    started_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        permissions = [("rereport_usage", "Can re-report usage to Stripe")]
+
+    def __str__(self) -> str:
+        return f"Run #{self.pk} ({self.trigger}, {self.status})"
+
+
+class LogStatus(models.TextChoices):
+    SENT = "sent", "Sent"
+    FAILED = "failed", "Failed"
+    DRY_RUN = "dry_run", "Dry run"
+
+
+class ReportLog(models.Model):
+    """One value sent (or, in a dry run, that would be sent) to Stripe. Never edited or deleted."""
+
+    run = models.ForeignKey(ReportRun, on_delete=models.PROTECT, related_name="logs")
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="logs")
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="logs")
+    window_start = models.DateTimeField()
+    window_end = models.DateTimeField()
+    quantity = models.DecimalField(**QUANTITY_DIGITS)
+    previous_quantity = models.DecimalField(null=True, blank=True, **QUANTITY_DIGITS)
+    identifier = models.CharField(max_length=100, db_index=True)
+    status = models.CharField(max_length=10, choices=LogStatus.choices, db_index=True)
+    stripe_request_id = models.CharField(max_length=100, blank=True, db_index=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["meter", "customer", "window_start"], name="reportlog_window_idx")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.identifier} = {self.quantity} ({self.status})"
+
+
+class ReportedWindow(models.Model):
+    """The value Stripe holds for one (meter, customer, window): the last `sent` ReportLog row.
+
+    Kept beside the audit trail, in the same transaction, so a run compares against one row per
+    window instead of scanning the history.
+    """
+
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+")
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="+")
+    window_start = models.DateTimeField()
+    value = models.DecimalField(**QUANTITY_DIGITS)
+    sent_count = models.PositiveIntegerField(default=0)
+    # A send failed after this value: Stripe may hold something else, so the next run resends.
+    needs_resend = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["meter", "customer", "window_start"], name="unique_reported_window"
+            )
+        ]
+        indexes = [models.Index(fields=["meter", "window_start"], name="reported_meter_window_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.meter_id}/{self.customer_id}@{self.window_start:%Y-%m-%d %H:%M} = {self.value}"

@@ -1,0 +1,35 @@
+"""django-q2 entry points: thin wrappers over the reporting service."""
+
+import logging
+from datetime import datetime
+
+from billing import reporting
+from billing.models import ReportRun, RunStatus, Trigger
+
+logger = logging.getLogger(__name__)
+
+
+def scheduled_report(intended_date: str | None = None, **_: object) -> int:
+    """The hourly report. It covers the windows before its *intended* run time, so a late or
+    retried run reports exactly the windows its schedule slot was meant to."""
+    now = datetime.fromisoformat(intended_date) if intended_date else None
+    run = reporting.report_usage(trigger=Trigger.SCHEDULE, now=now)
+    logger.info(
+        "Scheduled report run %s: %s, %s sent, %s unchanged, %s failed",
+        run.pk,
+        run.status,
+        run.events_sent,
+        run.events_unchanged,
+        run.events_failed,
+    )
+    return run.pk
+
+
+def execute_report_run(run_id: int) -> int:
+    """Runs a ReportRun created by the admin (start_run), in the worker."""
+    run = ReportRun.objects.get(pk=run_id)
+    if run.status != RunStatus.RUNNING or run.finished_at is not None:
+        logger.warning("Report run %s already finished; not running it twice.", run_id)
+        return run_id
+    reporting.execute_run(run)
+    return run_id

@@ -1,0 +1,168 @@
+"""Settings, read from the environment (and an optional .env file) with django-environ.
+
+Every variable in DESIGN.md's configuration table is read here with its documented default.
+"""
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DEBUG = env.bool("DEBUG", default=False)
+
+if DEBUG:
+    SECRET_KEY = env.str("SECRET_KEY", default="dev-only-insecure-key-do-not-use-in-production")
+    ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+else:
+    # Production must say who it is: no silent fallback to a guessable key or open hosts.
+    SECRET_KEY = env.str("SECRET_KEY", default="")
+    ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
+    if not SECRET_KEY or not ALLOWED_HOSTS:
+        raise ImproperlyConfigured(
+            "With DEBUG off, SECRET_KEY and ALLOWED_HOSTS must be set in the environment."
+        )
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_q",
+    "billing",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "project.wsgi.application"
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The scheduler, the worker and the web server share one SQLite file: wait for locks.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("timeout", 30)
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+LOGIN_URL = "admin:login"
+
+if not DEBUG:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# --- Stripe -------------------------------------------------------------------------------
+STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="") or None
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="https://api.stripe.com")
+STRIPE_METER_EVENTS_API_BASE = env.str(
+    "STRIPE_METER_EVENTS_API_BASE", default="https://meter-events.stripe.com"
+)
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="") or None
+STRIPE_METER_EVENT_STREAM = env.bool("STRIPE_METER_EVENT_STREAM", default=False)
+STRIPE_MAX_REQUESTS_PER_SECOND = env.float("STRIPE_MAX_REQUESTS_PER_SECOND", default=20)
+STRIPE_MAX_NETWORK_RETRIES = env.int("STRIPE_MAX_NETWORK_RETRIES", default=3)
+STRIPE_TIMEOUT = env.float("STRIPE_TIMEOUT", default=30)
+
+# --- OpenMeter ----------------------------------------------------------------------------
+OPENMETER_URL = env.str("OPENMETER_URL", default="https://openmeter.cloud")
+OPENMETER_API_TOKEN = env.str("OPENMETER_API_TOKEN", default="") or None
+OPENMETER_TIMEOUT = env.float("OPENMETER_TIMEOUT", default=30)
+
+# --- Reporting ----------------------------------------------------------------------------
+REPORT_SCHEDULE_CRON = env.str("REPORT_SCHEDULE_CRON", default="5 * * * *")
+REPORT_LOOKBACK_HOURS = env.int("REPORT_LOOKBACK_HOURS", default=48)
+# How long a run waits for another run that holds a meter before skipping that meter.
+REPORT_LOCK_WAIT_SECONDS = env.float("REPORT_LOCK_WAIT_SECONDS", default=60)
+
+# --- django-q2 ----------------------------------------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="") or None
+REPORT_TASK_TIMEOUT = env.int("REPORT_TASK_TIMEOUT", default=50 * 60)
+
+Q_CLUSTER: dict[str, object] = {
+    "name": "meterbridge",
+    "workers": env.int("Q_WORKERS", default=2),
+    # A report may take long: it must not be handed to a second worker while the first still
+    # works on it (retry > timeout), and a failed task is not retried forever.
+    "timeout": REPORT_TASK_TIMEOUT,
+    "retry": REPORT_TASK_TIMEOUT + 10 * 60,
+    "max_attempts": 1,
+    "catch_up": False,
+    "save_limit": 1000,
+    "label": "Background tasks",
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"redact": {"()": "billing.redaction.RedactSecretsFilter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "filters": ["redact"]},
+    },
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {
+        "httpx": {"level": "WARNING"},
+        "stripe": {"level": "WARNING"},
+    },
+}
+
+# --- Sending meter events ---------------------------------------------------------------------
+STRIPE_SEND_CONCURRENCY = env.int("STRIPE_SEND_CONCURRENCY", default=16)
+STRIPE_SEND_MAX_ATTEMPTS = env.int("STRIPE_SEND_MAX_ATTEMPTS", default=8)
+STRIPE_RETRY_BACKOFF_SECONDS = env.float("STRIPE_RETRY_BACKOFF_SECONDS", default=0.5)
+
+# The quick start's local login (only created with DEBUG on and no superuser yet).
+DEV_ADMIN_PASSWORD = env.str("DEV_ADMIN_PASSWORD", default="meterbridge")
