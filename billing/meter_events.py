@@ -191,8 +191,10 @@ class V2StreamSender(_Base):
     def _session_token(self, *, renew: bool = False) -> str:
         with self._token_lock:
             # Renew a minute early: a batch in flight must not carry a token that expires.
-            if renew or self._token is None or datetime.now(UTC) > self._expires_at - timedelta(
-                minutes=1
+            if (
+                renew
+                or self._token is None
+                or datetime.now(UTC) > self._expires_at - timedelta(minutes=1)
             ):
                 session = self._call(lambda: self.client.v2.billing.meter_event_session.create())
                 self._token = session.authentication_token
@@ -221,12 +223,12 @@ class V2StreamSender(_Base):
         }
         renewed = False
         while True:
-            token = self._session_token(renew=renewed)
+            options: dict[str, Any] = {"api_key": self._session_token(renew=renewed)}
             try:
                 self._call(
                     lambda: self.client.v2.billing.meter_event_stream.create(
                         body,  # type: ignore[arg-type]
-                        options={"api_key": token},
+                        options=options,  # type: ignore[arg-type]  # noqa: B023 (called at once)
                     )
                 )
             except stripe.StripeError as exc:

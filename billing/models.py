@@ -12,8 +12,6 @@ from django.db.models import Q
 
 from billing import validators
 
-QUANTITY_DIGITS = {"max_digits": 32, "decimal_places": 12}
-
 
 class SyncStatus(models.TextChoices):
     PENDING = "pending", "Pending"
@@ -170,7 +168,7 @@ class PriceMapping(StripeSynced):
 
 
 class ArchivedPrice(models.Model):
-    """A Stripe price replaced by a new one when the amount changed (Stripe prices are immutable)."""
+    """A Stripe price replaced when the amount changed (Stripe prices are immutable)."""
 
     price_mapping = models.ForeignKey(
         PriceMapping, on_delete=models.CASCADE, related_name="archived_prices"
@@ -243,7 +241,7 @@ class ReportRun(models.Model):
     events_unchanged = models.PositiveIntegerField(default=0)
     events_failed = models.PositiveIntegerField(default=0)
     unmapped_subjects = models.PositiveIntegerField(default=0)
-    unmapped_quantity = models.DecimalField(default=Decimal(0), **QUANTITY_DIGITS)
+    unmapped_quantity = models.DecimalField(default=Decimal(0), max_digits=32, decimal_places=12)
     started_at = models.DateTimeField(auto_now_add=True, db_index=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
@@ -270,8 +268,8 @@ class ReportLog(models.Model):
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="logs")
     window_start = models.DateTimeField()
     window_end = models.DateTimeField()
-    quantity = models.DecimalField(**QUANTITY_DIGITS)
-    previous_quantity = models.DecimalField(null=True, blank=True, **QUANTITY_DIGITS)
+    quantity = models.DecimalField(max_digits=32, decimal_places=12)
+    previous_quantity = models.DecimalField(null=True, blank=True, max_digits=32, decimal_places=12)
     identifier = models.CharField(max_length=100, db_index=True)
     status = models.CharField(max_length=10, choices=LogStatus.choices, db_index=True)
     stripe_request_id = models.CharField(max_length=100, blank=True, db_index=True)
@@ -298,7 +296,7 @@ class ReportedWindow(models.Model):
     meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+")
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="+")
     window_start = models.DateTimeField()
-    value = models.DecimalField(**QUANTITY_DIGITS)
+    value = models.DecimalField(max_digits=32, decimal_places=12)
     sent_count = models.PositiveIntegerField(default=0)
     # A send failed after this value: Stripe may hold something else, so the next run resends.
     needs_resend = models.BooleanField(default=False)
@@ -313,4 +311,6 @@ class ReportedWindow(models.Model):
         indexes = [models.Index(fields=["meter", "window_start"], name="reported_meter_window_idx")]
 
     def __str__(self) -> str:
-        return f"{self.meter_id}/{self.customer_id}@{self.window_start:%Y-%m-%d %H:%M} = {self.value}"
+        return (
+            f"{self.meter_id}/{self.customer_id}@{self.window_start:%Y-%m-%d %H:%M} = {self.value}"
+        )

@@ -59,7 +59,7 @@ def error_message(exc: BaseException) -> str:
 
 def sync_object(obj: models.Model) -> bool:
     """Sync one row and record the outcome on it. Returns True when it is synced."""
-    handlers = {
+    handlers: dict[type[models.Model], Any] = {
         Meter: sync_meter,
         Customer: sync_customer,
         PriceMapping: sync_price,
@@ -67,14 +67,16 @@ def sync_object(obj: models.Model) -> bool:
     }
     handler = handlers[type(obj)]
     try:
-        handler(obj)  # type: ignore[operator]
+        handler(obj)
     except (StripeNotConfigured, SyncRefused, stripe.StripeError) as exc:
         _record(obj, sync_status=SyncStatus.FAILED, sync_error=error_message(exc))
-        logger.warning("Stripe sync of %s %s failed: %s", type(obj).__name__, obj.pk, obj.sync_error)  # type: ignore[attr-defined]
+        logger.warning("Stripe sync of %s %s failed: %s", type(obj).__name__, obj.pk, exc)
         return False
     except Exception as exc:  # a bug or an unexpected answer must still leave the row marked
         logger.exception("Stripe sync of %s %s crashed", type(obj).__name__, obj.pk)
-        _record(obj, sync_status=SyncStatus.FAILED, sync_error=f"Unexpected error: {error_message(exc)}")
+        _record(
+            obj, sync_status=SyncStatus.FAILED, sync_error=f"Unexpected error: {error_message(exc)}"
+        )
         return False
     _record(obj, sync_status=SyncStatus.SYNCED, sync_error="", synced_at=timezone.now())
     return True
@@ -183,7 +185,7 @@ def sync_price(price: PriceMapping) -> None:
     else:
         params = {"name": price.product_name}
         product = client.v1.products.create(
-            params,
+            params,  # type: ignore[arg-type]
             options={"idempotency_key": idempotency_key("product", price.pk, "create", params)},
         )
         _record(price, stripe_product_id=product.id)

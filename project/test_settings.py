@@ -5,8 +5,8 @@ import tempfile
 
 os.environ.setdefault("DEBUG", "true")
 
-from project.settings import *  # noqa: E402,F403
-from project.settings import DATABASES, Q_CLUSTER  # noqa: E402
+from project.settings import *  # noqa: F403
+from project.settings import DATABASES, Q_CLUSTER
 
 Q_CLUSTER = {**Q_CLUSTER, "sync": True}
 
@@ -26,3 +26,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {
         "NAME": os.path.join(tempfile.gettempdir(), f"meterbridge-test-{os.getpid()}.sqlite3")
     }
+
+STRIPE_RETRY_BACKOFF_SECONDS = 0.01
+STRIPE_SEND_CONCURRENCY = 8

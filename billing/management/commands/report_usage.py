@@ -37,7 +37,9 @@ class Command(BaseCommand):
         parser.add_argument("--to", dest="end", help="end (exclusive), ISO 8601, UTC")
         parser.add_argument("--meter", action="append", default=[], help="OpenMeter slug")
         parser.add_argument("--customer", action="append", default=[], help="OpenMeter subject")
-        parser.add_argument("--dry-run", action="store_true", help="send nothing; log what would be sent")
+        parser.add_argument(
+            "--dry-run", action="store_true", help="send nothing; log what would be sent"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:

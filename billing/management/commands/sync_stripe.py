@@ -24,6 +24,8 @@ class Command(BaseCommand):
             else:
                 failed += 1
                 self.stdout.write(f"FAILED  {label}: {obj.sync_error}")  # type: ignore[attr-defined]
-        self.stdout.write(f"{len(results) - failed} synced, {failed} failed, {len(results)} in all.")
+        self.stdout.write(
+            f"{len(results) - failed} synced, {failed} failed, {len(results)} in all."
+        )
         if failed:
             sys.exit(1)

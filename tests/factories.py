@@ -1,0 +1,66 @@
+"""Test helpers: synced meters and customers in the fake Stripe, usage in the fake OpenMeter."""
+
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from billing import stripe_sync
+from billing.models import Customer, Meter
+
+
+def synced_meter(
+    fake_openmeter: Any, slug: str = "api_calls", *, window: str = "hour", aggregation: str = "SUM"
+) -> Meter:
+    fake_openmeter.add_meter(slug, aggregation=aggregation)
+    meter = Meter.objects.create(
+        name=slug.replace("_", " ").title(), openmeter_slug=slug, window=window
+    )
+    meter.refresh_from_db()
+    if not meter.stripe_meter_id:  # outside transaction=True tests on_commit does not run
+        assert stripe_sync.sync_object(meter), meter.sync_error
+    return meter
+
+
+def synced_customers(subjects: Iterable[str]) -> list[Customer]:
+    result = []
+    for subject in subjects:
+        customer = Customer.objects.create(name=subject.title(), openmeter_subject=subject)
+        customer.refresh_from_db()
+        if not customer.stripe_customer_id:
+            assert stripe_sync.sync_object(customer), customer.sync_error
+        result.append(customer)
+    return result
+
+
+class Usage:
+    """Feeds the fake OpenMeter and keeps its own sums, the truth the tests compare Stripe with."""
+
+    def __init__(self, fake_openmeter: Any) -> None:
+        self.fake = fake_openmeter
+        self.expected: dict[tuple[str, str, datetime], Decimal] = defaultdict(Decimal)
+
+    def add(self, meter: Meter, subject: str, when: datetime, value: Any = 1) -> None:
+        self.fake.ingest(meter=meter.openmeter_slug, subject=subject, time=when, value=value)
+        start = when.replace(minute=0, second=0, microsecond=0)
+        if meter.window == "day":
+            start = start.replace(hour=0)
+        self.expected[(meter.openmeter_slug, subject, start)] += Decimal(str(value))
+
+    def windows(self, meter: Meter, customers: list[Customer]) -> dict[tuple[str, int], Decimal]:
+        """(stripe customer id, window epoch) -> value, for non-zero windows of mapped customers."""
+        ids = {c.openmeter_subject: c.stripe_customer_id for c in customers}
+        return {
+            (ids[subject], int(start.timestamp())): value
+            for (slug, subject, start), value in self.expected.items()
+            if slug == meter.openmeter_slug and subject in ids and value != 0
+        }
+
+
+def billed(fake_stripe: Any, meter: Meter) -> dict[tuple[str, int], Decimal]:
+    return {
+        k: Decimal(v)
+        for k, v in fake_stripe.billed_windows(meter.stripe_meter_id).items()
+        if Decimal(v) != 0
+    }
