@@ -128,7 +128,6 @@ class _Counters:
     events_failed: int = 0
     unmapped: dict[str, Decimal] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
-    meters_completed: int = 0
 
 
 def start_run(
@@ -232,7 +231,6 @@ def _report_meter(
         )
         return
     if start >= end:
-        counters.meters_completed += 1
         return
     try:
         info = openmeter.get_meter(slug)
@@ -247,7 +245,9 @@ def _report_meter(
         )
         return
     if run.dry_run:
-        _compare_and_send(run, meter, start, end, customers, filtered, full_check, openmeter, counters)
+        _compare_and_send(
+            run, meter, start, end, customers, filtered, full_check, openmeter, counters
+        )
         return
     with meter_lock(meter.pk, wait=settings.REPORT_LOCK_WAIT_SECONDS) as held:
         if not held:
@@ -258,7 +258,9 @@ def _report_meter(
             logger.warning(message)
             counters.errors.append(message)
             return
-        _compare_and_send(run, meter, start, end, customers, filtered, full_check, openmeter, counters)
+        _compare_and_send(
+            run, meter, start, end, customers, filtered, full_check, openmeter, counters
+        )
 
 
 @dataclass(frozen=True)
@@ -288,7 +290,9 @@ def _compare_and_send(
     try:
         # 1. One total per subject over the whole range.
         totals: dict[str, Decimal] = {}
-        for row in openmeter.query(slug=slug, start=start, end=end, window_size=None, subjects=subjects):
+        for row in openmeter.query(
+            slug=slug, start=start, end=end, window_size=None, subjects=subjects
+        ):
             totals[row.subject] = totals.get(row.subject, Decimal(0)) + row.value
         for subject, total in totals.items():
             if subject not in customers and not filtered and total != 0:
@@ -314,9 +318,11 @@ def _compare_and_send(
             om_total = quantize(totals.get(subject, Decimal(0)))
             if (
                 full_check
-                or mine is None and om_total != 0
-                or mine is not None
-                and (mine["dirty"] or not _totals_match(om_total, mine["total"] or Decimal(0)))
+                or (mine is None and om_total != 0)
+                or (
+                    mine is not None
+                    and (mine["dirty"] or not _totals_match(om_total, mine["total"] or Decimal(0)))
+                )
             ):
                 to_detail.append(customer)
             elif mine is not None:
@@ -327,8 +333,6 @@ def _compare_and_send(
             _detail(run, meter, start, end, om_window, to_detail, len(totals), openmeter, counters)
     except OpenMeterError as exc:
         counters.errors.append(redact(str(exc)))
-        return
-    counters.meters_completed += 1
 
 
 def _detail(
@@ -379,7 +383,9 @@ def _changes(
     counters: _Counters,
 ) -> Iterator[_Change]:
     ids = {c.pk: c for c in by_subject.values()}
-    state = ReportedWindow.objects.filter(meter=meter, window_start__gte=start, window_start__lt=end)
+    state = ReportedWindow.objects.filter(
+        meter=meter, window_start__gte=start, window_start__lt=end
+    )
     if len(ids) <= 1000:
         state = state.filter(customer_id__in=list(ids))
     held = {
@@ -559,7 +565,7 @@ def _finish(run: ReportRun, counters: _Counters) -> None:
     failures = counters.events_failed > 0 or bool(counters.errors)
     if not failures:
         status = RunStatus.SUCCEEDED
-    elif counters.meters_completed == 0 and counters.events_sent == 0:
+    elif counters.events_sent == 0:
         status = RunStatus.FAILED
     else:
         status = RunStatus.PARTIAL
@@ -590,4 +596,3 @@ def selected(
     if missing:
         raise ReportInputError(f"Unknown customer subject(s): {', '.join(missing)}.")
     return meters, customers
-

@@ -1,11 +1,13 @@
 """The reporting engine against the fake Stripe and OpenMeter: what Stripe bills per window equals
 what OpenMeter measured, after first runs, re-runs, late events, faults and outages."""
 
+import threading
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 
 from billing import reporting
 from billing.locks import meter_lock
@@ -229,11 +231,26 @@ def test_unsynced_and_non_additive_meters_are_refused_with_reason(
 
 
 def test_a_meter_held_by_another_run_is_skipped_with_reason(setup, fake_stripe, now, settings):
+    """Another run (here a thread with its own database connection) holds the meter."""
     meter, _, _ = setup
     settings.REPORT_LOCK_WAIT_SECONDS = 0.3
-    with meter_lock(meter.pk, wait=0) as held:
-        assert held
+    holding, release = threading.Event(), threading.Event()
+
+    def other_run() -> None:
+        with meter_lock(meter.pk, wait=0) as held:
+            assert held
+            holding.set()
+            release.wait(30)
+        connection.close()
+
+    thread = threading.Thread(target=other_run)
+    thread.start()
+    assert holding.wait(10)
+    try:
         result = run(now)
+    finally:
+        release.set()
+        thread.join()
     assert "another run is reporting it right now" in result.error
     assert fake_stripe.count("POST", EVENTS) == 0
     assert run(now).events_sent > 0

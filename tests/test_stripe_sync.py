@@ -34,6 +34,10 @@ def add_meter(client: Client, fake_openmeter: Any, slug: str = "api_calls", **ex
     return client.post("/admin/billing/meter/add/", data, follow=True)
 
 
+# The price form carries the inline of archived prices: its management form must be posted.
+INLINE = {"archived_prices-TOTAL_FORMS": "0", "archived_prices-INITIAL_FORMS": "0"}
+
+
 def messages_of(response: Any) -> list[str]:
     return [str(m) for m in response.context["messages"]]
 
@@ -182,6 +186,7 @@ def make_synced_setup(staff: Client, fake_openmeter: Any) -> tuple[Meter, Custom
             "unit_amount_decimal": "0.5",
             "interval": "month",
             "active": "on",
+            **INLINE,
         },
     )
     return meter, Customer.objects.get(), PriceMapping.objects.get()
@@ -212,6 +217,7 @@ def test_changed_amount_creates_new_price_and_archives_old(staff, fake_stripe, f
             "unit_amount_decimal": "0.75",
             "interval": "month",
             "active": "on",
+            **INLINE,
         },
     )
     price.refresh_from_db()
@@ -282,7 +288,9 @@ def test_stripe_failures_keep_the_row_and_sync_stripe_recovers(staff, fake_strip
 
 def test_retried_create_reuses_the_stripe_object(fake_stripe):
     customer = Customer.objects.create(name="Acme", openmeter_subject="acme")
+    customer.refresh_from_db()  # synced on commit, through another instance
     first = customer.stripe_customer_id
+    assert first.startswith("cus_")
     # As if the answer was lost: forget the id and sync again; the idempotency key is the same.
     Customer.objects.filter(pk=customer.pk).update(stripe_customer_id="", sync_status="pending")
     call_command("sync_stripe")
