@@ -11,6 +11,7 @@ from django.db import connection
 
 from billing import reporting
 from billing.locks import meter_lock
+from billing.meter_events import MeterEvent, V2StreamSender, make_sender
 from billing.models import LogStatus, ReportLog, ReportRun, RunStatus, Trigger
 from tests.conftest import hours_ago
 from tests.factories import Usage, billed, synced_customers, synced_meter
@@ -323,3 +324,63 @@ def test_command_summary_and_exit_codes(setup, fake_stripe, fake_openmeter, caps
         call_command("report_usage")
     assert exited.value.code == 1
     fake_openmeter.down = False
+
+
+def test_v2_stream_bills_the_same(setup, fake_stripe, now, settings):
+    meter, customers, usage = setup
+    settings.STRIPE_METER_EVENT_STREAM = True
+    result = run(now)
+    assert result.status == RunStatus.SUCCEEDED, result.error
+    assert fake_stripe.count("POST", "/v2/billing/meter_event_stream") == 1  # 100 per batch
+    assert fake_stripe.count("POST", EVENTS) == 0
+    assert billed(fake_stripe, meter) == usage.windows(meter, customers)
+    usage.add(meter, "acme", hours_ago(now, 2), 9)
+    assert run(now).events_sent == 1
+    assert billed(fake_stripe, meter) == usage.windows(meter, customers)
+    assert not fake_stripe.async_errors
+
+
+def test_v2_stream_renews_a_session_stripe_says_expired(setup, fake_stripe, now, settings):
+    meter, customers, _ = setup
+    settings.STRIPE_METER_EVENT_STREAM = True
+    sender = make_sender()
+    assert isinstance(sender, V2StreamSender)
+
+    def event(value: int) -> MeterEvent:
+        return MeterEvent(
+            key=value,
+            event_name=meter.event_name,
+            stripe_customer_id=customers[0].stripe_customer_id,
+            value=Decimal(value),
+            timestamp=hours_ago(now, 2),
+            identifier=f"test-{value}",
+        )
+
+    assert all(r.delivered for r in sender.send([event(1)], run_tag="a"))
+    real_clock = fake_stripe.clock
+    fake_stripe.clock = lambda: real_clock() + 16 * 60  # the token's 15 minutes are over
+    try:
+        results = list(sender.send([event(2)], run_tag="b"))
+    finally:
+        fake_stripe.clock = real_clock
+    assert [r.delivered for r in results] == [True], results
+    assert fake_stripe.count("POST", "/v2/billing/meter_event_session") == 2
+    key = (customers[0].stripe_customer_id, int(hours_ago(now, 2).timestamp()))
+    assert fake_stripe.billed_windows(meter.stripe_meter_id)[key] == 2
+
+
+def test_sending_never_exceeds_the_configured_rate(fake_stripe, fake_openmeter, now, settings):
+    settings.STRIPE_MAX_REQUESTS_PER_SECOND = 40
+    settings.STRIPE_SEND_CONCURRENCY = 16
+    meter = synced_meter(fake_openmeter)
+    customers = synced_customers([f"c{i}" for i in range(30)])
+    usage = Usage(fake_openmeter)
+    for h in range(1, 5):
+        for c in customers:
+            usage.add(meter, c.openmeter_subject, hours_ago(now, h), h)
+    result = run(now)
+    assert result.events_sent == 120 and result.status == RunStatus.SUCCEEDED
+    times = sorted(e["received_at"] for e in fake_stripe.meter_events)
+    busiest = max(sum(1 for t in times[i:] if t - start < 1.0) for i, start in enumerate(times))
+    assert busiest <= 40
+    assert times[-1] - times[0] >= (120 - 40) / 40 * 0.9  # paced, not bursted
