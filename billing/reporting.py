@@ -289,11 +289,14 @@ def _compare_and_send(
     n_windows = sum(1 for _ in windows.iter_windows(start, end, meter.window))
     try:
         # 1. One total per subject over the whole range.
-        totals: dict[str, Decimal] = {}
-        for row in openmeter.query(
-            slug=slug, start=start, end=end, window_size=None, subjects=subjects
-        ):
-            totals[row.subject] = totals.get(row.subject, Decimal(0)) + row.value
+        try:
+            totals = _totals(openmeter, slug, start, end, subjects)
+        except OpenMeterError as exc:
+            if exc.status != 400:
+                raise
+            # An OpenMeter that refuses a query without windowSize: total the windows instead.
+            logger.warning("Meter '%s': totals query refused (%s); summing windows", slug, exc)
+            totals = _totals(openmeter, slug, start, end, subjects, window_size=om_window)
         for subject, total in totals.items():
             if subject not in customers and not filtered and total != 0:
                 counters.unmapped[subject] = counters.unmapped.get(subject, Decimal(0)) + total
@@ -333,6 +336,22 @@ def _compare_and_send(
             _detail(run, meter, start, end, om_window, to_detail, len(totals), openmeter, counters)
     except OpenMeterError as exc:
         counters.errors.append(redact(str(exc)))
+
+
+def _totals(
+    openmeter: OpenMeterClient,
+    slug: str,
+    start: datetime,
+    end: datetime,
+    subjects: list[str],
+    window_size: str | None = None,
+) -> dict[str, Decimal]:
+    totals: dict[str, Decimal] = {}
+    for row in openmeter.query(
+        slug=slug, start=start, end=end, window_size=window_size, subjects=subjects
+    ):
+        totals[row.subject] = totals.get(row.subject, Decimal(0)) + row.value
+    return totals
 
 
 def _detail(

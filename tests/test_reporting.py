@@ -384,3 +384,16 @@ def test_sending_never_exceeds_the_configured_rate(fake_stripe, fake_openmeter, 
     busiest = max(sum(1 for t in times[i:] if t - start < 1.0) for i, start in enumerate(times))
     assert busiest <= 40
     assert times[-1] - times[0] >= (120 - 40) / 40 * 0.9  # paced, not bursted
+
+
+def test_an_openmeter_refusing_unwindowed_totals_falls_back_to_windows(
+    setup, fake_stripe, fake_openmeter, now
+):
+    meter, customers, usage = setup
+    fake_openmeter.require_window_size = True
+    usage.add(meter, "stranger", hours_ago(now, 2), 7)
+    first = reporting.report_usage(trigger=Trigger.SCHEDULE, now=now)
+    assert first.status == RunStatus.SUCCEEDED, first.error
+    assert first.unmapped_subjects == 1 and first.unmapped_quantity == 7
+    assert billed(fake_stripe, meter) == usage.windows(meter, customers)
+    assert reporting.report_usage(trigger=Trigger.SCHEDULE, now=now).events_sent == 0

@@ -457,6 +457,8 @@ class FakeOpenMeter:
         self.request_headers: list[dict[str, str]] = []
         self.latency: float = 0.0
         self.down: bool = False
+        # Refuse queries without windowSize (an OpenMeter that only answers windowed queries).
+        self.require_window_size: bool = False
         self._fail_count = 0
         self._fail_status = 500
         self._fail_retry_after: float | None = None
@@ -515,6 +517,7 @@ class FakeOpenMeter:
             self.request_headers.clear()
             self.latency = 0.0
             self.down = False
+            self.require_window_size = False
             self._fail_count = 0
             self._fail_status = 500
             self._fail_retry_after = None
@@ -688,6 +691,8 @@ class FakeOpenMeter:
             with self._lock:
                 meter = self._meter(id_or_slug)
                 query = _parse_query(meter, params)
+                if self.require_window_size and query.window is None:
+                    raise _Problem(400, 'parameter "windowSize" in query is required')
                 return 200, {}, _run_query(meter, query)
         if resource[2] == "subjects":
             return 200, {}, self._subjects(id_or_slug, params)
