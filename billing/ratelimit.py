@@ -8,10 +8,10 @@ class TokenBucket:
     def __init__(self, *, rate: float) -> None:
         if rate <= 0:
             raise ValueError("The rate must be positive.")
-        # Any 1-second window sees at most capacity + refill rate calls: split `rate` between
-        # the two so that sum never exceeds it.
-        self.capacity = max(1.0, rate * 0.05)
-        self.rate = max(rate - self.capacity, rate * 0.5)
+        # Any 1-second window sees at most capacity + refill calls at the moment they are let
+        # go. No burst, and 7% headroom for network jitter, which bunches arrivals at Stripe.
+        self.capacity = 1.0
+        self.rate = rate * 0.93 if rate > 2 else rate / 2
         self._tokens = self.capacity
         self._last = time.monotonic()
         self._lock = threading.Lock()
