@@ -29,7 +29,7 @@ def _try_acquire(meter_id: int) -> IO[str] | bool:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_ADVISORY_NAMESPACE, meter_id])
             return bool(cursor.fetchone()[0])
-    handle = open(_lock_path(meter_id), "a")  # noqa: SIM115 (held for the whole run)
+    handle = open(_lock_path(meter_id), "a")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -370,26 +370,31 @@ def _detail(
     per_query = len(customers) if use_filter else max(n_subjects, len(customers))
     step = windows.WINDOW_LENGTH[Window(meter.window)]
     chunk = step * max(1, ROWS_PER_QUERY // max(1, per_query))
-    sender = None if run.dry_run else make_sender()
-    recorder = _Recorder(run, meter, counters)
+    bounds = []
     chunk_start = start
     while chunk_start < end:
-        chunk_end = min(end, chunk_start + chunk)
-        usage: dict[tuple[int, datetime], Decimal] = defaultdict(Decimal)
-        for row in openmeter.query(
-            slug=meter.openmeter_slug,
-            start=chunk_start,
-            end=chunk_end,
-            window_size=om_window,
-            subjects=list(by_subject) if use_filter else [],
-        ):
-            customer = by_subject.get(row.subject)
-            if customer is not None:
-                usage[(customer.pk, row.window_start)] += row.value
-        changes = list(_changes(meter, chunk_start, chunk_end, by_subject, usage, counters))
-        if changes:
-            recorder.process(changes, sender)
-        chunk_start = chunk_end
+        bounds.append((chunk_start, min(end, chunk_start + chunk)))
+        chunk_start += chunk
+
+    def changes() -> Iterator[_Change]:
+        # Newest chunk first: fresh usage sits in the latest windows, so sending starts at once
+        # and overlaps the comparison of the older chunks.
+        for chunk_start, chunk_end in reversed(bounds):
+            usage: dict[tuple[int, datetime], Decimal] = defaultdict(Decimal)
+            for row in openmeter.query(
+                slug=meter.openmeter_slug,
+                start=chunk_start,
+                end=chunk_end,
+                window_size=om_window,
+                subjects=list(by_subject) if use_filter else [],
+            ):
+                customer = by_subject.get(row.subject)
+                if customer is not None:
+                    usage[(customer.pk, row.window_start)] += row.value
+            yield from _changes(meter, chunk_start, chunk_end, by_subject, usage, counters)
+
+    recorder = _Recorder(run, meter, counters)
+    recorder.process(changes(), None if run.dry_run else make_sender())
     recorder.flush()
 
 
@@ -407,26 +412,25 @@ def _changes(
     )
     if len(ids) <= 1000:
         state = state.filter(customer_id__in=list(ids))
+    # Tuples, not model instances: a chunk holds tens of thousands of windows.
     held = {
-        (w.customer_id, w.window_start): w
-        for w in state.only("customer_id", "window_start", "value", "sent_count", "needs_resend")
-        if w.customer_id in ids
+        (customer_id, window_start): (value, sent_count, needs_resend)
+        for customer_id, window_start, value, sent_count, needs_resend in state.values_list(
+            "customer_id", "window_start", "value", "sent_count", "needs_resend"
+        )
+        if customer_id in ids
     }
     for key in sorted(set(usage) | set(held), key=lambda k: (k[1], k[0])):
         value = quantize(usage.get(key, Decimal(0)))
         previous = held.get(key)
-        if previous is None and value == 0:
-            continue
-        if previous is not None and previous.value == value and not previous.needs_resend:
+        if previous is None:
+            if value == 0:
+                continue
+            yield _Change(ids[key[0]], key[1], value, None, 0)
+        elif previous[0] == value and not previous[2]:
             counters.events_unchanged += 1
-            continue
-        yield _Change(
-            customer=ids[key[0]],
-            window_start=key[1],
-            value=value,
-            previous=previous.value if previous is not None else None,
-            revision=previous.sent_count if previous is not None else 0,
-        )
+        else:
+            yield _Change(ids[key[0]], key[1], value, previous[0], previous[1])
 
 
 class _Recorder:
@@ -439,30 +443,32 @@ class _Recorder:
         self.states: list[tuple[_Change, bool]] = []
         self.run_tag = uuid.uuid4().hex[:12]
 
-    def process(self, changes: list[_Change], sender: Any) -> None:
-        events: list[MeterEvent] = []
-        for change in changes:
-            customer = change.customer
-            identifier = make_identifier(
-                meter=self.meter,
-                stripe_customer_id=customer.stripe_customer_id or f"local-{customer.pk}",
-                window_start=change.window_start,
-                value=change.value,
-                revision=change.revision,
-            )
-            if sender is None:
-                self._log(change, identifier, LogStatus.DRY_RUN)
-                self.counters.events_sent += 1
-            elif not customer.stripe_customer_id:
-                self._log(
-                    change,
-                    identifier,
-                    LogStatus.FAILED,
-                    error=f"Customer '{customer.name}' has no Stripe customer id: sync it first.",
+    def process(self, changes: Iterable[_Change], sender: Any) -> None:
+        """Send the changes as they come (lazily: the sender pulls while it sends)."""
+
+        def events() -> Iterator[MeterEvent]:
+            for change in changes:
+                customer = change.customer
+                identifier = make_identifier(
+                    meter=self.meter,
+                    stripe_customer_id=customer.stripe_customer_id or f"local-{customer.pk}",
+                    window_start=change.window_start,
+                    value=change.value,
+                    revision=change.revision,
                 )
-            else:
-                events.append(
-                    MeterEvent(
+                if sender is None:
+                    self._log(change, identifier, LogStatus.DRY_RUN)
+                    self.counters.events_sent += 1
+                elif not customer.stripe_customer_id:
+                    self._log(
+                        change,
+                        identifier,
+                        LogStatus.FAILED,
+                        error=f"Customer '{customer.name}' has no Stripe customer id: "
+                        "sync it first.",
+                    )
+                else:
+                    yield MeterEvent(
                         key=change,
                         event_name=self.meter.event_name,
                         stripe_customer_id=customer.stripe_customer_id,
@@ -470,11 +476,15 @@ class _Recorder:
                         timestamp=change.window_start,
                         identifier=identifier,
                     )
-                )
-        if events:
-            for result in sender.send(events, run_tag=self.run_tag):
-                self._result(result)
-        self.flush()
+                if len(self.logs) >= FLUSH_EVERY:
+                    self.flush()
+
+        if sender is None:
+            for _ in events():
+                pass  # a dry run only logs
+            return
+        for result in sender.send(events(), run_tag=self.run_tag):
+            self._result(result)
 
     def _result(self, result: SendResult) -> None:
         change: _Change = result.event.key
@@ -556,9 +566,12 @@ class _Recorder:
             )
         if failed:
             # Stripe may or may not hold the failed value: make the next run send again.
+            by_window: dict[datetime, list[int]] = defaultdict(list)
             for c in failed:
+                by_window[c.window_start].append(c.customer.pk)
+            for window_start, customer_ids in by_window.items():
                 ReportedWindow.objects.filter(
-                    meter=self.meter, customer=c.customer, window_start=c.window_start
+                    meter=self.meter, window_start=window_start, customer_id__in=customer_ids
                 ).update(needs_resend=True, updated_at=now)
 
 
