@@ -332,6 +332,14 @@ def _compare_and_send(
                 counters.events_unchanged += mine["nonzero"]
 
         # 3. Per-window detail only for those, chunked in time; send what changed.
+        logger.info(
+            "Meter '%s' %s..%s: %d of %d customers to compare window by window",
+            slug,
+            _fmt(start),
+            _fmt(end),
+            len(to_detail),
+            len(customers),
+        )
         if to_detail:
             _detail(run, meter, start, end, om_window, to_detail, len(totals), openmeter, counters)
     except OpenMeterError as exc:
@@ -540,6 +548,13 @@ class _Recorder:
             self._write_states()
             _save_counters(self.run, self.counters)
         self.logs, self.states = [], []
+        logger.info(
+            "Run %s: %d sent, %d unchanged, %d failed so far",
+            self.run.pk,
+            self.counters.events_sent,
+            self.counters.events_unchanged,
+            self.counters.events_failed,
+        )
 
     def _write_states(self) -> None:
         sent = [c for c, ok in self.states if ok]
