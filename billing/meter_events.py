@@ -2,19 +2,22 @@
 
 Two transports: v1 `POST /v1/billing/meter_events`, one event per request, sent concurrently;
 and the v2 meter event stream (`STRIPE_METER_EVENT_STREAM=true`), up to 100 events per request
-authenticated by a 15-minute session token. Both go through one token bucket, and both retry 429s
-and 5xx with backoff until an event is delivered or its failure is final.
+authenticated by a 15-minute session token. Both draw from one token bucket per process (see
+billing/ratelimit.py), and both retry 429s and 5xx with backoff until an event is delivered or its
+failure is final. Requests run on a thread pool that works up to LOOKAHEAD_SECONDS ahead of the
+caller, so the caller's own work (reading the next chunk, writing results) does not stall sending.
 
 Senders never touch the database: they take events and yield results, and the reporting engine
 records them. That keeps database writes in one thread (SQLite allows one writer).
 """
 
 import logging
+import queue
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -30,6 +33,11 @@ from billing.stripe_client import get_client
 logger = logging.getLogger(__name__)
 
 V2_BATCH_SIZE = 100
+# How far the senders work ahead of the caller: seconds of sending at the full rate, capped in
+# events so that memory stays bounded whatever the rate.
+LOOKAHEAD_SECONDS = 10.0
+MAX_PENDING_EVENTS = 10_000
+RATE_LIMITED_PAUSE = 0.1  # seconds every sender waits after a 429
 T = TypeVar("T")
 
 
@@ -98,6 +106,8 @@ def describe(exc: BaseException) -> str:
 
 
 class _Base:
+    events_per_job = 1
+
     def __init__(
         self,
         *,
@@ -107,7 +117,7 @@ class _Base:
         concurrency: int | None = None,
     ) -> None:
         self.rate = rate or settings.STRIPE_MAX_REQUESTS_PER_SECOND
-        self.bucket = TokenBucket(rate=self.rate)
+        self.bucket = TokenBucket.shared(self.rate)  # one budget for the whole process
         self.max_attempts = max_attempts or settings.STRIPE_SEND_MAX_ATTEMPTS
         self.backoff = settings.STRIPE_RETRY_BACKOFF_SECONDS if backoff is None else backoff
         self.concurrency = concurrency or settings.STRIPE_SEND_CONCURRENCY
@@ -130,22 +140,68 @@ class _Base:
                 if retry is None or attempt >= self.max_attempts:
                     raise
                 delay = retry.retry_after or min(30.0, self.backoff * 2 ** (attempt - 1))
+                if exc.http_status == 429:
+                    # Too fast for Stripe: hold every sender of the process back a little, not
+                    # only this one, or the others run into the same limit.
+                    self.bucket.pause(min(delay, RATE_LIMITED_PAUSE))
                 time.sleep(delay * (0.5 + random.random()))  # jitter spreads a 429 storm
 
     def _run_concurrently(
         self, jobs: Iterable[Any], work: Callable[[Any], list[SendResult]]
     ) -> Iterator[SendResult]:
-        """Run `work` over `jobs` on a bounded pool; never holds more than 2x pool jobs."""
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="stripe") as pool:
-            pending: set[Future[list[SendResult]]] = set()
-            for job in jobs:
-                pending.add(pool.submit(work, job))
-                if len(pending) >= self.concurrency * 2:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        yield from future.result()
-            for future in pending:
-                yield from future.result()
+        """Run `work` over `jobs` on the pool, yielding results as they complete.
+
+        `jobs` is iterated in the caller's thread (it may read the database). Up to `lookahead`
+        jobs are submitted ahead of their results, so the pool keeps sending while the caller
+        is busy elsewhere (comparing the next chunk, writing results); that bounds memory too.
+        If iterating `jobs` raises, jobs not started are dropped, the results of those already
+        sent are yielded, then the error propagates: nothing sent goes unrecorded.
+        """
+        lookahead = self._lookahead()
+        done: queue.SimpleQueue[Future[list[SendResult]]] = queue.SimpleQueue()
+        pending: set[Future[list[SendResult]]] = set()
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="stripe")
+
+        def collect(future: Future[list[SendResult]]) -> list[SendResult]:
+            pending.discard(future)
+            return [] if future.cancelled() else future.result()
+
+        try:
+            iterator = iter(jobs)
+            while True:
+                try:
+                    job = next(iterator)
+                except StopIteration:
+                    break
+                except BaseException:
+                    for future in list(pending):
+                        future.cancel()
+                    while pending:
+                        yield from collect(done.get())
+                    raise
+                future = pool.submit(work, job)
+                pending.add(future)
+                future.add_done_callback(done.put)
+                while len(pending) >= lookahead:  # full: wait for one
+                    yield from collect(done.get())
+                while True:  # hand over what is already done, without waiting
+                    try:
+                        finished = done.get_nowait()
+                    except queue.Empty:
+                        break
+                    yield from collect(finished)
+            while pending:
+                yield from collect(done.get())
+        finally:
+            # Normally nothing is left. If the caller stopped early, unsent jobs are dropped
+            # rather than sent with nobody to record their result.
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _lookahead(self) -> int:
+        return max(
+            2 * self.concurrency,
+            min(int(self.rate * LOOKAHEAD_SECONDS), MAX_PENDING_EVENTS // self.events_per_job),
+        )
 
 
 class V1Sender(_Base):
@@ -181,6 +237,8 @@ class V1Sender(_Base):
 
 class V2StreamSender(_Base):
     """Batches of up to 100 events to the v2 meter event stream, with a renewed session token."""
+
+    events_per_job = V2_BATCH_SIZE
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
