@@ -17,14 +17,14 @@ import hashlib
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, models, transaction
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
@@ -287,61 +287,31 @@ def _compare_and_send(
     om_window = OPENMETER_WINDOW[Window(meter.window)]
     subjects = list(customers) if filtered and len(customers) <= SUBJECT_FILTER_MAX else []
     n_windows = sum(1 for _ in windows.iter_windows(start, end, meter.window))
+    counters.windows_checked += n_windows * len(customers)
     try:
-        # 1. One total per subject over the whole range.
+        if full_check:
+            # A chosen period: compare every window of every customer.
+            totals = _range_totals(openmeter, slug, start, end, subjects, om_window)
+            _count_unmapped(totals, customers, filtered, counters)
+            changes = _windowed_changes(
+                meter,
+                start,
+                end,
+                om_window,
+                list(customers.values()),
+                len(totals),
+                openmeter,
+                counters,
+            )
+        else:
+            changes = _changes_by_range(
+                meter, start, end, om_window, customers, subjects, filtered, openmeter, counters
+            )
+        recorder = _Recorder(run, meter, counters)
         try:
-            totals = _totals(openmeter, slug, start, end, subjects)
-        except OpenMeterError as exc:
-            if exc.status != 400:
-                raise
-            # An OpenMeter that refuses a query without windowSize: total the windows instead.
-            logger.warning("Meter '%s': totals query refused (%s); summing windows", slug, exc)
-            totals = _totals(openmeter, slug, start, end, subjects, window_size=om_window)
-        for subject, total in totals.items():
-            if subject not in customers and not filtered and total != 0:
-                counters.unmapped[subject] = counters.unmapped.get(subject, Decimal(0)) + total
-
-        # 2. What Stripe holds, per customer, over the same range.
-        held = {
-            row["customer_id"]: row
-            for row in ReportedWindow.objects.filter(
-                meter=meter, window_start__gte=start, window_start__lt=end
-            )
-            .values("customer_id")
-            .annotate(
-                total=Sum("value"),
-                nonzero=Count("id", filter=~Q(value=0)),
-                dirty=Count("id", filter=Q(needs_resend=True)),
-            )
-        }
-        to_detail: list[Customer] = []
-        for subject, customer in customers.items():
-            counters.windows_checked += n_windows
-            mine = held.get(customer.pk)
-            om_total = quantize(totals.get(subject, Decimal(0)))
-            if (
-                full_check
-                or (mine is None and om_total != 0)
-                or (
-                    mine is not None
-                    and (mine["dirty"] or not _totals_match(om_total, mine["total"] or Decimal(0)))
-                )
-            ):
-                to_detail.append(customer)
-            elif mine is not None:
-                counters.events_unchanged += mine["nonzero"]
-
-        # 3. Per-window detail only for those, chunked in time; send what changed.
-        logger.info(
-            "Meter '%s' %s..%s: %d of %d customers to compare window by window",
-            slug,
-            _fmt(start),
-            _fmt(end),
-            len(to_detail),
-            len(customers),
-        )
-        if to_detail:
-            _detail(run, meter, start, end, om_window, to_detail, len(totals), openmeter, counters)
+            recorder.process(changes, None if run.dry_run else make_sender())
+        finally:
+            recorder.flush()  # what was sent before an error is recorded too
     except OpenMeterError as exc:
         counters.errors.append(redact(str(exc)))
 
@@ -362,8 +332,155 @@ def _totals(
     return totals
 
 
-def _detail(
-    run: ReportRun,
+def _range_totals(
+    openmeter: OpenMeterClient,
+    slug: str,
+    start: datetime,
+    end: datetime,
+    subjects: list[str],
+    om_window: str,
+) -> dict[str, Decimal]:
+    """One total per subject over [start, end)."""
+    try:
+        return _totals(openmeter, slug, start, end, subjects)
+    except OpenMeterError as exc:
+        if exc.status != 400:
+            raise
+        # An OpenMeter that refuses a query without windowSize: total the windows instead.
+        logger.warning("Meter '%s': totals query refused (%s); summing windows", slug, exc)
+        return _totals(openmeter, slug, start, end, subjects, window_size=om_window)
+
+
+def _count_unmapped(
+    totals: dict[str, Decimal],
+    customers: dict[str, Customer],
+    filtered: bool,
+    counters: _Counters,
+) -> None:
+    if filtered:
+        return
+    for subject, total in totals.items():
+        if subject not in customers and total != 0:
+            counters.unmapped[subject] = counters.unmapped.get(subject, Decimal(0)) + total
+
+
+def _held(
+    meter: Meter, start: datetime, end: datetime, customers: list[Customer]
+) -> dict[int, Mapping[str, Any]]:
+    """What Stripe holds per customer over [start, end): total, non-zero and dirty windows."""
+    state = ReportedWindow.objects.filter(
+        meter=meter, window_start__gte=start, window_start__lt=end
+    )
+    if len(customers) <= 1000:
+        state = state.filter(customer_id__in=[c.pk for c in customers])
+    return {
+        row["customer_id"]: row
+        for row in state.values("customer_id").annotate(
+            total=Sum("value"),
+            nonzero=Count("id", filter=~Q(value=0)),
+            dirty=Count("id", filter=Q(needs_resend=True)),
+        )
+    }
+
+
+def _differs(om_total: Decimal | None, mine: Mapping[str, Any] | None) -> bool:
+    """Whether a customer's usage over a range may differ from what Stripe holds for it."""
+    total = quantize(om_total or Decimal(0))
+    if mine is None:
+        return total != 0
+    return bool(mine["dirty"]) or not _totals_match(total, mine["total"] or Decimal(0))
+
+
+def _changes_by_range(
+    meter: Meter,
+    start: datetime,
+    end: datetime,
+    om_window: str,
+    customers: dict[str, Customer],
+    subjects: list[str],
+    filtered: bool,
+    openmeter: OpenMeterClient,
+    counters: _Counters,
+) -> Iterator[_Change]:
+    """The changed windows of a scheduled run, found by comparing totals over ranges.
+
+    Two totals per subject first: the newest window alone, and the rest of the lookback. For
+    SUM meters of non-negative values and COUNT meters windows only grow, so equal totals mean
+    equal windows: an unchanged run ends there. The newest window's totals are its values, so a
+    new hour is sent without any window-by-window query. A rest that differs is read window by
+    window for the customers that differ in it; when they are many, it is first cut into ranges
+    of 1, 1, 2, 4, 8... windows from the newest, each compared by totals, so that only ranges
+    with changes are read window by window. The cost follows what changed, not customers x
+    windows.
+    """
+    step = windows.WINDOW_LENGTH[Window(meter.window)]
+    everyone = list(customers.values())
+    newest = max(start, end - step)
+    # (low, high, candidates, top): the top ranges cover [start, end) once.
+    todo = [(newest, end, everyone, True)]
+    if start < newest:
+        todo.append((start, newest, everyone, True))
+    n_subjects = len(customers)
+    while todo:
+        low, high, candidates, top = todo.pop(0)
+        if top:
+            query_subjects = subjects
+        elif len(candidates) <= SUBJECT_FILTER_MAX:
+            query_subjects = [c.openmeter_subject for c in candidates]
+        else:
+            query_subjects = []
+        totals = _range_totals(
+            openmeter, meter.openmeter_slug, low, high, query_subjects, om_window
+        )
+        if top:
+            _count_unmapped(totals, customers, filtered, counters)
+            n_subjects = max(n_subjects, len(totals))
+        held = _held(meter, low, high, candidates)
+        differing: list[Customer] = []
+        for customer in candidates:
+            mine = held.get(customer.pk)
+            if _differs(totals.get(customer.openmeter_subject), mine):
+                differing.append(customer)
+            elif mine is not None:
+                counters.events_unchanged += mine["nonzero"]
+        logger.info(
+            "Meter '%s' %s..%s: %d of %d customers changed",
+            meter.openmeter_slug,
+            _fmt(low),
+            _fmt(high),
+            len(differing),
+            len(candidates),
+        )
+        if not differing:
+            continue
+        if high - low == step:  # one window: each total is that window's value
+            by_subject = {c.openmeter_subject: c for c in differing}
+            usage = {(c.pk, low): totals.get(c.openmeter_subject, Decimal(0)) for c in differing}
+            yield from _changes(meter, low, high, by_subject, usage, counters)
+        elif top and len(differing) > SUBJECT_FILTER_MAX:
+            todo[0:0] = [(lo, hi, differing, False) for lo, hi in _recent_first(low, high, step)]
+        else:
+            yield from _windowed_changes(
+                meter, low, high, om_window, differing, n_subjects, openmeter, counters
+            )
+
+
+def _recent_first(
+    start: datetime, end: datetime, step: timedelta
+) -> list[tuple[datetime, datetime]]:
+    """[start, end) cut from the end into ranges of 1, 1, 2, 4, 8... windows, newest first."""
+    ranges: list[tuple[datetime, datetime]] = []
+    high, size = end, 1
+    while high > start:
+        low = max(start, high - step * size)
+        ranges.append((low, high))
+        high = low
+        if len(ranges) > 1:
+            size *= 2
+    return ranges
+
+
+def _windowed_changes(
     meter: Meter,
     start: datetime,
     end: datetime,
@@ -372,7 +489,8 @@ def _detail(
     n_subjects: int,
     openmeter: OpenMeterClient,
     counters: _Counters,
-) -> None:
+) -> Iterator[_Change]:
+    """The changed windows of `customers` in [start, end), from windowed queries in chunks."""
     by_subject = {c.openmeter_subject: c for c in customers}
     use_filter = len(customers) <= SUBJECT_FILTER_MAX
     per_query = len(customers) if use_filter else max(n_subjects, len(customers))
@@ -383,27 +501,21 @@ def _detail(
     while chunk_start < end:
         bounds.append((chunk_start, min(end, chunk_start + chunk)))
         chunk_start += chunk
-
-    def changes() -> Iterator[_Change]:
-        # Newest chunk first: fresh usage sits in the latest windows, so sending starts at once
-        # and overlaps the comparison of the older chunks.
-        for chunk_start, chunk_end in reversed(bounds):
-            usage: dict[tuple[int, datetime], Decimal] = defaultdict(Decimal)
-            for row in openmeter.query(
-                slug=meter.openmeter_slug,
-                start=chunk_start,
-                end=chunk_end,
-                window_size=om_window,
-                subjects=list(by_subject) if use_filter else [],
-            ):
-                customer = by_subject.get(row.subject)
-                if customer is not None:
-                    usage[(customer.pk, row.window_start)] += row.value
-            yield from _changes(meter, chunk_start, chunk_end, by_subject, usage, counters)
-
-    recorder = _Recorder(run, meter, counters)
-    recorder.process(changes(), None if run.dry_run else make_sender())
-    recorder.flush()
+    # Newest chunk first: fresh usage sits in the latest windows, so sending starts at once
+    # and overlaps the comparison of the older chunks.
+    for chunk_start, chunk_end in reversed(bounds):
+        usage: dict[tuple[int, datetime], Decimal] = defaultdict(Decimal)
+        for row in openmeter.query(
+            slug=meter.openmeter_slug,
+            start=chunk_start,
+            end=chunk_end,
+            window_size=om_window,
+            subjects=list(by_subject) if use_filter else [],
+        ):
+            customer = by_subject.get(row.subject)
+            if customer is not None:
+                usage[(customer.pk, row.window_start)] += row.value
+        yield from _changes(meter, chunk_start, chunk_end, by_subject, usage, counters)
 
 
 def _changes(
@@ -447,8 +559,9 @@ class _Recorder:
     def __init__(self, run: ReportRun, meter: Meter, counters: _Counters) -> None:
         self.run, self.meter, self.counters = run, meter, counters
         self.step = windows.WINDOW_LENGTH[Window(meter.window)]
-        self.logs: list[ReportLog] = []
+        self.logs: list[tuple[Any, ...]] = []  # ReportLog rows in _LOG_FIELDS order
         self.states: list[tuple[_Change, bool]] = []
+        self.db = _Rows()
         self.run_tag = uuid.uuid4().hex[:12]
 
     def process(self, changes: Iterable[_Change], sender: Any) -> None:
@@ -525,18 +638,18 @@ class _Recorder:
         elif status == LogStatus.SENT:
             self.counters.events_sent += 1
         self.logs.append(
-            ReportLog(
-                run=self.run,
-                meter=self.meter,
-                customer=change.customer,
-                window_start=change.window_start,
-                window_end=change.window_start + self.step,
-                quantity=change.value,
-                previous_quantity=change.previous,
-                identifier=identifier,
-                status=status,
-                stripe_request_id=request_id[:100],
-                error=error,
+            (
+                self.run.pk,
+                self.meter.pk,
+                change.customer.pk,
+                self.db.moment(change.window_start),
+                self.db.moment(change.window_start + self.step),
+                self.db.decimal(change.value),
+                None if change.previous is None else self.db.decimal(change.previous),
+                identifier,
+                status,
+                request_id[:100],
+                error,
             )
         )
 
@@ -544,7 +657,8 @@ class _Recorder:
         if not self.logs and not self.states:
             return
         with transaction.atomic():
-            ReportLog.objects.bulk_create(self.logs, batch_size=500)
+            now = self.db.moment(timezone.now())
+            self.db.insert(ReportLog, _LOG_FIELDS, [(*row, now) for row in self.logs])
             self._write_states()
             _save_counters(self.run, self.counters)
         self.logs, self.states = [], []
@@ -561,23 +675,23 @@ class _Recorder:
         failed = [c for c, ok in self.states if not ok and c.previous is not None]
         now = timezone.now()
         if sent:
-            ReportedWindow.objects.bulk_create(
+            stamp = self.db.moment(now)
+            self.db.insert(
+                ReportedWindow,
+                _STATE_FIELDS,
                 [
-                    ReportedWindow(
-                        meter=self.meter,
-                        customer=c.customer,
-                        window_start=c.window_start,
-                        value=c.value,
-                        sent_count=c.revision + 1,
-                        needs_resend=False,
-                        updated_at=now,
+                    (
+                        self.meter.pk,
+                        c.customer.pk,
+                        self.db.moment(c.window_start),
+                        self.db.decimal(c.value),
+                        c.revision + 1,
+                        False,
+                        stamp,
                     )
                     for c in sent
                 ],
-                update_conflicts=True,
-                unique_fields=["meter", "customer", "window_start"],
-                update_fields=["value", "sent_count", "needs_resend", "updated_at"],
-                batch_size=500,
+                conflict=("meter", "customer", "window_start"),
             )
         if failed:
             # Stripe may or may not hold the failed value: make the next run send again.
@@ -588,6 +702,91 @@ class _Recorder:
                 ReportedWindow.objects.filter(
                     meter=self.meter, window_start=window_start, customer_id__in=customer_ids
                 ).update(needs_resend=True, updated_at=now)
+
+
+_LOG_FIELDS = (
+    "run",
+    "meter",
+    "customer",
+    "window_start",
+    "window_end",
+    "quantity",
+    "previous_quantity",
+    "identifier",
+    "status",
+    "stripe_request_id",
+    "error",
+    "created_at",
+)
+_STATE_FIELDS = (
+    "meter",
+    "customer",
+    "window_start",
+    "value",
+    "sent_count",
+    "needs_resend",
+    "updated_at",
+)
+
+
+class _Rows:
+    """Bulk writes of plain rows: the ORM's bulk_create spends ~100 us per row preparing values
+    (30,000 events: 3 s); here a value is adapted once (one window start serves 10,000 rows)
+    and the rows go to executemany. INSERT ... ON CONFLICT: SQLite 3.24+ and PostgreSQL."""
+
+    def __init__(self) -> None:
+        self.ops = connection.ops
+        self._moments: dict[datetime, Any] = {}
+        self._sql: dict[tuple[Any, ...], str] = {}
+
+    def moment(self, value: datetime) -> Any:
+        adapted = self._moments.get(value)
+        if adapted is None:
+            if len(self._moments) > 10_000:
+                self._moments.clear()
+            adapted = self._moments[value] = self.ops.adapt_datetimefield_value(value)
+        return adapted
+
+    def decimal(self, value: Decimal) -> Any:
+        return self.ops.adapt_decimalfield_value(value)
+
+    def insert(
+        self,
+        model: type[models.Model],
+        fields: Sequence[str],
+        rows: list[tuple[Any, ...]],
+        *,
+        conflict: Sequence[str] = (),
+    ) -> None:
+        if not rows:
+            return
+        key = (model, tuple(fields), tuple(conflict))
+        sql = self._sql.get(key)
+        if sql is None:
+            sql = self._sql[key] = _insert_sql(model, fields, conflict)
+        with connection.cursor() as cursor:
+            for i in range(0, len(rows), 500):
+                cursor.executemany(sql, rows[i : i + 500])
+
+
+def _insert_sql(model: type[models.Model], fields: Sequence[str], conflict: Sequence[str]) -> str:
+    """Names come from the model, values are parameters."""
+    opts = model._meta
+    qn = connection.ops.quote_name
+
+    def column(name: str) -> str:
+        field = opts.get_field(name)
+        assert isinstance(field, models.Field) and field.column
+        return qn(field.column)
+
+    columns = [column(name) for name in fields]
+    sql = f"INSERT INTO {qn(opts.db_table)} ({', '.join(columns)}) VALUES "  # noqa: S608
+    sql += f"({', '.join(['%s'] * len(columns))})"
+    if conflict:
+        keys = [column(name) for name in conflict]
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in keys)
+        sql += f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+    return sql
 
 
 def _save_counters(run: ReportRun, counters: _Counters) -> None:

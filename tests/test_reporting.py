@@ -397,3 +397,28 @@ def test_an_openmeter_refusing_unwindowed_totals_falls_back_to_windows(
     assert first.unmapped_subjects == 1 and first.unmapped_quantity == 7
     assert billed(fake_stripe, meter) == usage.windows(meter, customers)
     assert reporting.report_usage(trigger=Trigger.SCHEDULE, now=now).events_sent == 0
+
+
+def test_scheduled_run_finds_late_usage_by_ranges_when_many_customers_changed(
+    setup, fake_stripe, fake_openmeter, now, monkeypatch
+):
+    """With many customers changed, the scheduled run narrows the lookback by range totals."""
+    monkeypatch.setattr(reporting, "SUBJECT_FILTER_MAX", 0)
+    meter, customers, usage = setup
+    first = reporting.report_usage(trigger=Trigger.SCHEDULE, now=now)
+    assert first.status == RunStatus.SUCCEEDED, first.error
+    assert billed(fake_stripe, meter) == usage.windows(meter, customers)
+    sent_before = fake_stripe.count("POST", EVENTS)
+    # Late usage in an old window (and the newest one) for every customer.
+    for customer in customers:
+        usage.add(meter, customer.openmeter_subject, hours_ago(now, 5) + timedelta(minutes=3), 2)
+        usage.add(meter, customer.openmeter_subject, hours_ago(now, 1) + timedelta(minutes=3), 1)
+    queries_before = fake_openmeter.count("/api/v1/meters/api_calls/query")
+    late = reporting.report_usage(trigger=Trigger.SCHEDULE, now=now)
+    assert late.status == RunStatus.SUCCEEDED, late.error
+    assert late.events_sent == 6
+    assert fake_stripe.count("POST", EVENTS) == sent_before + 6
+    assert billed(fake_stripe, meter) == usage.windows(meter, customers)
+    # Range totals, not one query per customer or per window.
+    assert fake_openmeter.count("/api/v1/meters/api_calls/query") - queries_before <= 12
+    assert reporting.report_usage(trigger=Trigger.SCHEDULE, now=now).events_sent == 0
