@@ -273,16 +273,11 @@ class OpenMeterClient:
             attempt += 1
             try:
                 response = self._http.get(path, params=list(params))
-            except httpx.TimeoutException as exc:
-                reason = f"timed out after {self._timeout:g}s ({type(exc).__name__})"
-                delay = self._delay(attempt, None)
-                if attempt > self._max_retries:
-                    raise self._error(slug, reason, attempts=attempt) from exc
-                self._log_retry(slug, reason, attempt, delay)
-                self._sleep(delay)
-                continue
-            except httpx.TransportError as exc:
-                reason = f"connection error: {type(exc).__name__}: {exc}"
+            except httpx.TransportError as exc:  # timeouts included
+                if isinstance(exc, httpx.TimeoutException):
+                    reason = f"timed out after {self._timeout:g}s ({type(exc).__name__})"
+                else:
+                    reason = f"connection error: {type(exc).__name__}: {exc}"
                 delay = self._delay(attempt, None)
                 if attempt > self._max_retries:
                     raise self._error(slug, reason, attempts=attempt) from exc
