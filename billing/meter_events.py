@@ -70,8 +70,12 @@ def format_value(value: Decimal) -> str:
 
 def is_duplicate_identifier(exc: stripe.StripeError) -> bool:
     """Stripe refuses an identifier it saw in the last 24 hours: that event was delivered."""
+    if exc.http_status != 400:
+        return False
+    if exc.code in {"duplicate_meter_event", "resource_already_exists"}:
+        return True
     message = (getattr(exc, "user_message", None) or str(exc)).lower()
-    return exc.http_status == 400 and "already exists" in message and "identifier" in message
+    return "already exists" in message and "identifier" in message
 
 
 class _Retry(Exception):
