@@ -158,7 +158,10 @@ def test_finance_rereports_usage_end_to_end(live_server, browser_page, fake_stri
     assert page.locator("#result_list tbody tr").count() == 9  # 4 previewed, 4 + 1 sent
     page.screenshot(path=str(ARTIFACTS / "report-log.png"), full_page=True)
     page.click('#changelist-filter a:has-text("Sent")')
-    assert page.locator("#result_list tbody tr").count() == 5
+    page.wait_for_url(re.compile(r".*status__exact=sent"), wait_until="load")
+    from playwright.sync_api import expect  # the fixture has checked that playwright is there
+
+    expect(page.locator("#result_list tbody tr")).to_have_count(5)
     with page.expect_download() as download:
         page.click("#export-csv")
     assert download.value.suggested_filename.startswith("report-log-")
