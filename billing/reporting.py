@@ -212,6 +212,22 @@ def report_usage(**kwargs: Any) -> ReportRun:
     return execute_run(start_run(**kwargs), now=now)
 
 
+def fail_abandoned_runs() -> int:
+    """Close runs still 'running' past the task timeout: their worker died or never started.
+
+    Their sends are safe to repeat (identifiers), so the message asks for the period again.
+    """
+    limit = timezone.now() - timedelta(seconds=settings.REPORT_TASK_TIMEOUT + 10 * 60)
+    return ReportRun.objects.filter(
+        status=RunStatus.RUNNING, finished_at__isnull=True, started_at__lt=limit
+    ).update(
+        status=RunStatus.FAILED,
+        finished_at=timezone.now(),
+        error="The run stopped before it finished (its worker was killed, timed out or never "
+        "started). What it sent is recorded; report the period again to complete it.",
+    )
+
+
 def _report_meter(
     *,
     run: ReportRun,

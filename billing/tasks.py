@@ -12,6 +12,9 @@ logger = logging.getLogger(__name__)
 def scheduled_report(intended_date: str | None = None, **_: object) -> int:
     """The hourly report. It covers the windows before its *intended* run time, so a late or
     retried run reports exactly the windows its schedule slot was meant to."""
+    abandoned = reporting.fail_abandoned_runs()
+    if abandoned:
+        logger.warning("Marked %s abandoned report run(s) as failed.", abandoned)
     now = datetime.fromisoformat(intended_date) if intended_date else None
     run = reporting.report_usage(trigger=Trigger.SCHEDULE, now=now)
     logger.info(

@@ -172,3 +172,26 @@ def test_q_cluster_uses_orm_by_default_and_redis_when_set():
 
     q = json.loads(orm.stdout)
     assert q["retry"] > q["timeout"] and q["max_attempts"] >= 1
+
+
+@pytest.mark.django_db
+def test_scheduled_task_closes_runs_abandoned_by_a_dead_worker(fake_stripe, fake_openmeter):
+    from django.utils import timezone
+
+    top = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    stale = ReportRun.objects.create(
+        trigger="admin", period_start=top - timedelta(hours=2), period_end=top
+    )
+    fresh = ReportRun.objects.create(
+        trigger="admin", period_start=top - timedelta(hours=2), period_end=top
+    )
+    ReportRun.objects.filter(pk=stale.pk).update(started_at=timezone.now() - timedelta(hours=2))
+    tasks.scheduled_report()
+    stale.refresh_from_db()
+    fresh.refresh_from_db()
+    assert stale.status == RunStatus.FAILED and "report the period again" in stale.error
+    assert fresh.status == RunStatus.RUNNING  # still within its task's time
+    # A worker that picks the abandoned run up late does not run it.
+    tasks.execute_report_run(stale.pk)
+    stale.refresh_from_db()
+    assert stale.status == RunStatus.FAILED and stale.events_sent == 0
