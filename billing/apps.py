@@ -7,4 +7,5 @@ class BillingConfig(AppConfig):
     verbose_name = "Billing"
 
     def ready(self) -> None:
-        from billing import signals  # noqa: F401  (connects the sync-on-save and schedule hooks)
+        # Connect the sync-on-save and schedule hooks, and the production settings check.
+        from billing import checks, signals  # noqa: F401

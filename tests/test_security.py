@@ -40,16 +40,28 @@ def production_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def test_production_refuses_to_start_without_secret_key_and_hosts():
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check"],
-        cwd=ROOT,
-        env=production_env(),
-        capture_output=True,
-        text=True,
+def run(*command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+def test_production_refuses_to_serve_without_secret_key_and_hosts():
+    env = production_env()
+    web = run(sys.executable, "-c", "import project.wsgi", env=env)
+    assert web.returncode != 0
+    assert "SECRET_KEY and ALLOWED_HOSTS must be set" in web.stderr
+    deploy = run(sys.executable, "manage.py", "check", "--deploy", env=env)
+    assert deploy.returncode != 0
+    assert "SECRET_KEY and ALLOWED_HOSTS must be set" in deploy.stderr
+    server = run(sys.executable, "manage.py", "runserver", "127.0.0.1:9", "--noreload", env=env)
+    assert server.returncode != 0 and "ALLOWED_HOSTS" in server.stderr
+
+
+def test_offline_commands_load_without_production_secrets():
+    result = run(
+        sys.executable, "manage.py", "makemigrations", "--check", "--dry-run", env=production_env()
     )
-    assert result.returncode != 0
-    assert "SECRET_KEY and ALLOWED_HOSTS must be set" in result.stderr
+    assert result.returncode == 0, result.stderr
+    assert "No changes detected" in result.stdout
 
 
 def test_check_deploy_passes_with_the_documented_production_settings():
