@@ -1,5 +1,6 @@
 """A report_usage killed with SIGKILL halfway, then run again; the hourly schedule; the broker."""
 
+import json
 import os
 import signal
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.core.management import call_command
@@ -145,33 +147,28 @@ def test_scheduled_task_reports_the_windows_of_its_intended_time(
     assert sent == {(cid, int((top - timedelta(hours=h)).timestamp())): 10 + h for h in (1, 2, 3)}
 
 
-def test_q_cluster_uses_orm_by_default_and_redis_when_set():
+def q_cluster(**env: str) -> dict[str, Any]:
+    """Q_CLUSTER as the app's settings build it from the given environment."""
     code = "import json; from django.conf import settings; print(json.dumps(settings.Q_CLUSTER))"
     base = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings", "DEBUG": "true"}
     base.pop("REDIS_URL", None)
-    orm = subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-c", f"import django; django.setup(); {code}"],
         cwd=ROOT,
-        env=base,
+        env={**base, **env},
         capture_output=True,
         text=True,
         check=True,
     )
-    assert '"orm": "default"' in orm.stdout and '"redis"' not in orm.stdout
-    env = {**base, "REDIS_URL": "redis://127.0.0.1:6379/3"}
-    red = subprocess.run(
-        [sys.executable, "-c", f"import django; django.setup(); {code}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert '"redis": "redis://127.0.0.1:6379/3"' in red.stdout and '"orm"' not in red.stdout
-    import json
+    return dict(json.loads(result.stdout))
 
-    q = json.loads(orm.stdout)
-    assert q["retry"] > q["timeout"] and q["max_attempts"] >= 1
+
+def test_q_cluster_uses_orm_by_default_and_redis_when_set():
+    orm = q_cluster()
+    assert orm["orm"] == "default" and "redis" not in orm
+    red = q_cluster(REDIS_URL="redis://127.0.0.1:6379/3")
+    assert red["redis"] == "redis://127.0.0.1:6379/3" and "orm" not in red
+    assert orm["retry"] > orm["timeout"] and orm["max_attempts"] >= 1
 
 
 @pytest.mark.django_db

@@ -28,18 +28,12 @@ HOUR = timedelta(hours=1)
 TOKEN = "om_s3cr3t_token_value"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeOpenMeter]:
-    fake = FakeOpenMeter().start()
-    yield fake
-    fake.stop()
-
-
 @pytest.fixture
-def fake(server: FakeOpenMeter) -> FakeOpenMeter:
-    server.reset()
-    server.add_meter("api_calls", event_type="api_call")
-    return server
+def fake(openmeter_server: FakeOpenMeter) -> FakeOpenMeter:
+    """The session's fake OpenMeter (tests/conftest.py), reset, with one meter."""
+    openmeter_server.reset()
+    openmeter_server.add_meter("api_calls", event_type="api_call")
+    return openmeter_server
 
 
 @pytest.fixture

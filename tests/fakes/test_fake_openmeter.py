@@ -17,18 +17,12 @@ T0 = datetime(2026, 11, 20, tzinfo=UTC)
 QUERY = "/api/v1/meters/api_calls/query"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeOpenMeter]:
-    fake = FakeOpenMeter().start()
-    yield fake
-    fake.stop()
-
-
 @pytest.fixture
-def fake(server: FakeOpenMeter) -> FakeOpenMeter:
-    server.reset()
-    server.add_meter("api_calls", event_type="api_call")
-    return server
+def fake(openmeter_server: FakeOpenMeter) -> FakeOpenMeter:
+    """The session's fake OpenMeter (tests/conftest.py), reset, with one meter."""
+    openmeter_server.reset()
+    openmeter_server.add_meter("api_calls", event_type="api_call")
+    return openmeter_server
 
 
 @pytest.fixture
