@@ -61,6 +61,12 @@ TARGET_V2_EVENTS_PER_S = 5000.0
 TARGET_UNCHANGED_S = 15.0
 TARGET_RSS_MB = 300.0
 
+# The fakes' process: how long it may take to start, and to answer one command (the longest,
+# ingesting the whole history, takes seconds). A dead process is noticed within POLL_S.
+FAKES_START_TIMEOUT_S = 60.0
+FAKES_CALL_TIMEOUT_S = 600.0
+FAKES_POLL_S = 0.1
+
 
 def subject_of(c: int) -> str:
     return f"cust-{c:06d}"
@@ -110,11 +116,15 @@ class _Tally:
 
 def _fakes_main(conn: Any) -> None:
     """Child process: serve both fakes and obey the benchmark's commands on `conn`."""
-    from tests.fakes.fake_openmeter import FakeOpenMeter
-    from tests.fakes.fake_stripe import FakeStripe
+    try:
+        from emulators.openmeter import FakeOpenMeter
+        from emulators.stripe import FakeStripe
 
-    stripe_fake = FakeStripe().start()
-    openmeter = FakeOpenMeter().start()
+        stripe_fake = FakeStripe().start()
+        openmeter = FakeOpenMeter().start()
+    except BaseException as exc:  # tell the parent why instead of leaving it waiting
+        conn.send(RuntimeError(f"{type(exc).__name__}: {exc}"))
+        raise SystemExit(1) from None
     tally = _Tally()
     handle = stripe_fake._handle
 
@@ -221,36 +231,83 @@ def _usage(
                 yield slug, subjects[c], base + offsets[c], float(value_of(c, m, hour))
 
 
+class FakesError(RuntimeError):
+    """The fakes' process failed to start, died, or stopped answering."""
+
+
 class Fakes:
     """The parent's handle on the fakes' process."""
 
-    def __init__(self) -> None:
+    def __init__(self, start_timeout: float = FAKES_START_TIMEOUT_S) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_fakes_main, args=(child,), daemon=True, name="fakes")
         self.process.start()
-        info = self.conn.recv()
+        self.responsive = True  # False once a command went unanswered: stop() then terminates
+        child.close()  # the child holds the only other end now: its death ends the pipe
+        try:
+            info = self._receive("start", start_timeout)
+            if isinstance(info, Exception):
+                raise FakesError(f"the fakes' process failed to start: {info}")
+        except FakesError:
+            self.stop()
+            raise
         self.stripe_url, self.openmeter_url, self.pid = (
             info["stripe"],
             info["openmeter"],
             info["pid"],
         )
 
-    def call(self, command: str, args: Any = None) -> Any:
-        self.conn.send((command, args))
-        result = self.conn.recv()
+    def _receive(self, what: str, timeout: float) -> Any:
+        """The child's next message; FakesError if it exits or stays silent for `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.conn.poll(FAKES_POLL_S):
+                    return self.conn.recv()
+            except (EOFError, OSError):  # the child closed the pipe: it is exiting
+                self.process.join(timeout=5)
+                raise FakesError(self._gone(what)) from None
+            if not self.process.is_alive():
+                raise FakesError(self._gone(what))
+            if time.monotonic() >= deadline:
+                self.responsive = False
+                raise FakesError(
+                    f"the fakes' process (pid {self.process.pid}) did not answer {what} "
+                    f"within {timeout:g} s"
+                )
+
+    def _gone(self, what: str) -> str:
+        code = self.process.exitcode
+        return f"the fakes' process died during {what} (exit code {code})"
+
+    def call(self, command: str, args: Any = None, timeout: float = FAKES_CALL_TIMEOUT_S) -> Any:
+        if not self.process.is_alive():
+            raise FakesError(self._gone(f"{command!r} (before it was sent)"))
+        try:
+            self.conn.send((command, args))
+        except OSError:
+            raise FakesError(self._gone(repr(command))) from None
+        result = self._receive(repr(command), timeout)
         if isinstance(result, Exception):
             raise result
         return result
 
     def stop(self) -> None:
-        try:
-            self.call("stop")
-        except (EOFError, OSError):
-            pass
-        self.process.join(timeout=10)
+        """Ask the child to stop; terminate, then kill it if it does not. Never blocks for long."""
+        if self.responsive and self.process.is_alive() and not self.conn.closed:
+            try:
+                self.call("stop", timeout=10)
+            except (FakesError, RuntimeError, OSError):
+                pass
+            self.process.join(timeout=10)
         if self.process.is_alive():
             self.process.terminate()
+            self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=5)
+        self.conn.close()
 
 
 # --- the app's process -------------------------------------------------------------------------
@@ -666,7 +723,11 @@ def main(argv: list[str] | None = None) -> int:
         f"rate {args.rate:g}/s (app and fake Stripe), latency {args.latency_ms:g} ms per answer",
         flush=True,
     )
-    fakes = Fakes()
+    try:
+        fakes = Fakes()
+    except FakesError as exc:
+        print(f"report_bench: error: {exc}", file=sys.stderr, flush=True)
+        return 1
     sampler = RssSampler()
     try:
         with tempfile.TemporaryDirectory(prefix="meterbridge-bench-") as tmp:
@@ -678,6 +739,9 @@ def main(argv: list[str] | None = None) -> int:
             c = bench.scenario_c() if "C" not in args.skip.upper() else None
             e = bench.scenario_e() if "E" not in args.skip.upper() else None
             d = bench.scenario_d() if "D" not in args.skip.upper() else None
+    except FakesError as exc:
+        print(f"report_bench: error: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
         sampler.stop()
         fakes.stop()

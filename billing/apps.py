@@ -7,5 +7,5 @@ class BillingConfig(AppConfig):
     verbose_name = "Billing"
 
     def ready(self) -> None:
-        # Connect the sync-on-save and schedule hooks, and the production settings check.
+        # Connect the schedule hook and the production settings check.
         from billing import checks, signals  # noqa: F401

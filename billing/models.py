@@ -3,6 +3,7 @@
 Names follow DESIGN.md: commands, admin and tests use them.
 """
 
+from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -10,7 +11,7 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 
-from billing import validators
+from billing import validators, windows
 
 
 class SyncStatus(models.TextChoices):
@@ -21,6 +22,8 @@ class SyncStatus(models.TextChoices):
 
 class StripeSynced(models.Model):
     """A row that mirrors an object in Stripe; its sync state is kept beside it."""
+
+    stripe_id_field = ""  # the field holding the Stripe object's id
 
     sync_status = models.CharField(
         max_length=10, choices=SyncStatus.choices, default=SyncStatus.PENDING, db_index=True
@@ -33,13 +36,45 @@ class StripeSynced(models.Model):
     class Meta:
         abstract = True
 
+    @property
+    def stripe_id(self) -> str:
+        return str(getattr(self, self.stripe_id_field))
+
+    def reportable_reason(self) -> str | None:
+        """Why usage cannot be reported for this row now, or None if it can.
+
+        The one rule for the scheduled run, `report_usage` and the admin's re-report: only an
+        active row whose last sync to Stripe succeeded is billed.
+        """
+        if not getattr(self, "active", True):
+            return "inactive"
+        if not self.stripe_id:
+            return "it is not in Stripe yet: save it or use “Sync to Stripe”"
+        if self.sync_status == SyncStatus.FAILED:
+            return f"its last sync to Stripe failed ({self.sync_error}): fix it and sync again"
+        if self.sync_status != SyncStatus.SYNCED:
+            return "its Stripe sync is still pending: use “Sync to Stripe”"
+        return None
+
+
+def unique_when_set(field: str) -> models.UniqueConstraint:
+    """A Stripe id may be blank on many rows (not in Stripe yet) but names one row once set."""
+    return models.UniqueConstraint(
+        fields=[field], condition=~Q(**{field: ""}), name=f"unique_{field}"
+    )
+
+
+# OpenMeter aggregations whose per-window values add up to the period's value.
+BILLABLE_AGGREGATIONS = frozenset({"SUM", "COUNT"})
+
 
 class Window(models.TextChoices):
-    HOUR = "hour", "Hourly"
-    DAY = "day", "Daily"
+    HOUR = windows.HOUR, "Hourly"
+    DAY = windows.DAY, "Daily"
 
 
 class Meter(StripeSynced):
+    stripe_id_field = "stripe_meter_id"
     name = models.CharField(max_length=250, help_text="Shown in Stripe as the meter's name.")
     openmeter_slug = models.CharField(
         "OpenMeter slug", max_length=100, unique=True, validators=[validators.openmeter_slug]
@@ -71,13 +106,7 @@ class Meter(StripeSynced):
 
     class Meta:
         ordering = ["name"]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["stripe_meter_id"],
-                condition=~Q(stripe_meter_id=""),
-                name="unique_stripe_meter_id",
-            )
-        ]
+        constraints = [unique_when_set("stripe_meter_id")]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.openmeter_slug})"
@@ -87,8 +116,24 @@ class Meter(StripeSynced):
             self.event_name = self.openmeter_slug
         super().save(*args, **kwargs)  # type: ignore[arg-type]
 
+    @property
+    def window_length(self) -> timedelta:
+        return windows.length(self.window)
+
+    @staticmethod
+    def aggregation_problem(aggregation: str) -> str | None:
+        """Why an OpenMeter meter with this aggregation cannot be billed, or None if it can."""
+        if aggregation.upper() in BILLABLE_AGGREGATIONS:
+            return None
+        return (
+            f"OpenMeter aggregates it with {aggregation.upper()}. Only SUM and COUNT meters can "
+            f"be billed per window: the per-window values of a meter that aggregates with "
+            f"{aggregation.upper()} cannot be added up over a billing period."
+        )
+
 
 class Customer(StripeSynced):
+    stripe_id_field = "stripe_customer_id"
     name = models.CharField(max_length=256)
     email = models.EmailField(max_length=512, blank=True)
     openmeter_subject = models.CharField(
@@ -108,13 +153,7 @@ class Customer(StripeSynced):
 
     class Meta:
         ordering = ["name"]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["stripe_customer_id"],
-                condition=~Q(stripe_customer_id=""),
-                name="unique_stripe_customer_id",
-            )
-        ]
+        constraints = [unique_when_set("stripe_customer_id")]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.openmeter_subject})"
@@ -128,6 +167,7 @@ class Interval(models.TextChoices):
 
 
 class PriceMapping(StripeSynced):
+    stripe_id_field = "stripe_price_id"
     meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="prices")
     product_name = models.CharField(max_length=250)
     stripe_product_id = models.CharField(
@@ -187,6 +227,7 @@ class ArchivedPrice(models.Model):
 
 
 class Subscription(StripeSynced):
+    stripe_id_field = "stripe_subscription_id"
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="subscriptions")
     prices = models.ManyToManyField(PriceMapping, related_name="subscriptions", blank=True)
     stripe_subscription_id = models.CharField(
@@ -215,6 +256,11 @@ class Trigger(models.TextChoices):
     COMMAND = "command", "Command"
 
 
+class RunMode(models.TextChoices):
+    LOOKBACK = "lookback", "Lookback (each meter's recent closed windows)"
+    PERIOD = "period", "Chosen period"
+
+
 class RunStatus(models.TextChoices):
     RUNNING = "running", "Running"
     SUCCEEDED = "succeeded", "Succeeded"
@@ -227,6 +273,9 @@ class ReportRun(models.Model):
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
+    # What the run covers. lookback: each meter's own closed windows of the lookback before
+    # period_end; period: exactly [period_start, period_end) on every meter.
+    mode = models.CharField(max_length=10, choices=RunMode.choices, default=RunMode.PERIOD)
     period_start = models.DateTimeField()
     period_end = models.DateTimeField()
     dry_run = models.BooleanField(default=False)

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.fake_openmeter import FakeOpenMeter
-from tests.fakes.fake_stripe import FakeStripe
+from emulators.openmeter import FakeOpenMeter
+from emulators.stripe import FakeStripe
 
 STRIPE_KEY = "sk_test_meterbridge_tests"
 IN_CI = os.environ.get("CI") == "true"

@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from billing import stripe_sync
+from billing.integrations import stripe_sync
 from billing.models import Customer, Meter
 
 
@@ -17,9 +17,7 @@ def synced_meter(
     meter = Meter.objects.create(
         name=slug.replace("_", " ").title(), openmeter_slug=slug, window=window
     )
-    meter.refresh_from_db()
-    if not meter.stripe_meter_id:  # outside transaction=True tests on_commit does not run
-        assert stripe_sync.sync_object(meter), meter.sync_error
+    assert stripe_sync.sync_object(meter), meter.sync_error
     return meter
 
 
@@ -27,9 +25,7 @@ def synced_customers(subjects: Iterable[str]) -> list[Customer]:
     result = []
     for subject in subjects:
         customer = Customer.objects.create(name=subject.title(), openmeter_subject=subject)
-        customer.refresh_from_db()
-        if not customer.stripe_customer_id:
-            assert stripe_sync.sync_object(customer), customer.sync_error
+        assert stripe_sync.sync_object(customer), customer.sync_error
         result.append(customer)
     return result
 

@@ -12,7 +12,7 @@ from django.db import connection
 from django.http import StreamingHttpResponse
 from django.test.utils import CaptureQueriesContext
 
-from billing import reporting, windows
+from billing import clock, reporting
 from billing.models import (
     Customer,
     LogStatus,
@@ -33,9 +33,15 @@ LOGS = "/admin/billing/reportlog/"
 
 
 @pytest.fixture
-def reported(fake_stripe, fake_openmeter, now, monkeypatch):
+def frozen(now):
+    """The admin and the engine read the same 'now'."""
+    with clock.frozen(now):
+        yield now
+
+
+@pytest.fixture
+def reported(fake_stripe, fake_openmeter, now, frozen):
     """A real run against the fakes: three customers, five hours of usage, all sent."""
-    monkeypatch.setattr(windows, "utcnow", lambda: now)
     meter = synced_meter(fake_openmeter)
     customers = synced_customers(["acme", "globex", "initech"])
     usage = Usage(fake_openmeter)
@@ -107,15 +113,15 @@ def test_history_is_read_only_even_for_a_superuser(reported, admin_client):
 
 
 def test_run_page_follows_a_running_run_and_then_shows_its_log(
-    fake_stripe, fake_openmeter, now, admin_client, monkeypatch
+    fake_stripe, fake_openmeter, now, admin_client, frozen
 ):
-    monkeypatch.setattr(windows, "utcnow", lambda: now)
     meter = synced_meter(fake_openmeter)
     synced_customers(["acme"])
     Usage(fake_openmeter).add(meter, "acme", hours_ago(now, 2), 5)
-    run = reporting.start_run(
-        trigger=Trigger.ADMIN, start=hours_ago(now, 3), end=hours_ago(now, 0), now=now
+    request = reporting.RunRequest(
+        trigger=Trigger.ADMIN, start=hours_ago(now, 3), end=hours_ago(now, 0)
     )
+    run = reporting.start_run(request, now=now)
     page = admin_client.get(f"{RUNS}{run.pk}/change/")
     assert b"billing/run_progress.js" in page.content
     assert b'data-running="true"' in page.content
@@ -123,7 +129,7 @@ def test_run_page_follows_a_running_run_and_then_shows_its_log(
     assert progress["running"] is True and progress["events_sent"] == 0
     assert progress["duration"].endswith("so far")
 
-    reporting.execute_run(run, now=now)
+    reporting.execute_run(run)
     progress = admin_client.get(f"{RUNS}{run.pk}/progress/").json()
     assert progress == progress | {"running": False, "status": "succeeded", "events_sent": 1}
     page = admin_client.get(f"{RUNS}{run.pk}/change/")
@@ -132,8 +138,7 @@ def test_run_page_follows_a_running_run_and_then_shows_its_log(
     assert f"{LOGS}?run__id__exact={run.pk}".encode() in page.content
 
 
-def test_run_page_shows_errors(fake_stripe, fake_openmeter, now, admin_client, monkeypatch):
-    monkeypatch.setattr(windows, "utcnow", lambda: now)
+def test_run_page_shows_errors(fake_stripe, fake_openmeter, now, admin_client, frozen):
     synced_meter(fake_openmeter, "peak", aggregation="MAX")
     synced_customers(["acme"])
     run = reporting.report_usage(
@@ -204,7 +209,7 @@ def test_log_changelist_never_counts_the_whole_table(admin_client, fake_stripe, 
 def test_log_changelist_past_the_cap_says_more_than(
     admin_client, fake_stripe, fake_openmeter, monkeypatch
 ):
-    from billing.admin import CappedCountPaginator
+    from billing.admin.history import CappedCountPaginator
 
     monkeypatch.setattr(CappedCountPaginator, "cap", 100)
     meter = synced_meter(fake_openmeter)

@@ -3,6 +3,7 @@
 Against the fake Stripe and OpenMeter; django-q runs the queued run inline (sync test settings).
 """
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -12,7 +13,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.test import Client
 
-from billing import rereport, windows
+from billing import clock, windows
+from billing.integrations import stripe_sync
 from billing.models import (
     Customer,
     LogStatus,
@@ -25,6 +27,8 @@ from billing.models import (
     SyncStatus,
     Trigger,
 )
+from billing.reporting.presets import period_presets
+from billing.reporting.selection import Selection, select_customers
 from tests.conftest import hours_ago
 from tests.factories import Usage, billed, synced_customers, synced_meter
 
@@ -37,10 +41,10 @@ EVENTS = "/v1/billing/meter_events"
 
 
 @pytest.fixture
-def frozen(monkeypatch: pytest.MonkeyPatch, now: datetime) -> datetime:
+def frozen(now: datetime) -> Iterator[datetime]:
     """The admin, the engine and the presets all read the same 'now'."""
-    monkeypatch.setattr(windows, "utcnow", lambda: now)
-    return now
+    with clock.frozen(now):
+        yield now
 
 
 @pytest.fixture
@@ -333,9 +337,7 @@ def test_without_the_permission_the_action_is_hidden_and_posting_is_403(
     assert fake_stripe.count("POST", EVENTS) == 0
 
 
-def test_confirming_someone_elses_or_a_stale_preview_is_refused(
-    setup, finance, client, frozen, monkeypatch
-):
+def test_confirming_someone_elses_or_a_stale_preview_is_refused(setup, finance, client, frozen):
     _, customers, _ = setup
     pks = [customers[0].pk]
     response = preview_post(
@@ -347,8 +349,8 @@ def test_confirming_someone_elses_or_a_stale_preview_is_refused(
     refused = confirm_post(other, CUSTOMERS, pks, preview_id)
     assert "not yours to confirm" in " ".join(refused.context["errors"])
     later = frozen + timedelta(hours=2)
-    monkeypatch.setattr(windows, "utcnow", lambda: later)
-    stale = confirm_post(finance, CUSTOMERS, pks, preview_id)
+    with clock.frozen(later):
+        stale = confirm_post(finance, CUSTOMERS, pks, preview_id)
     assert "more than an hour old" in " ".join(stale.context["errors"])
     assert not ReportRun.objects.filter(dry_run=False).exists()
 
@@ -391,8 +393,8 @@ def test_presets_are_aligned_and_say_why_one_cannot_be_used(fake_stripe, fake_op
     now = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
     hourly = synced_meter(fake_openmeter)
     [acme] = synced_customers(["acme"])
-    selection = rereport.select_customers(customers=[acme])
-    presets = {p.key: p for p in rereport.period_presets(selection=selection, now=now)}
+    selection = select_customers(customers=[acme])
+    presets = {p.key: p for p in period_presets(selection=selection, now=now)}
     hour = datetime(2026, 11, 21, 9, tzinfo=UTC)
     day = datetime(2026, 11, 21, tzinfo=UTC)
     assert (presets["last_24_hours"].start, presets["last_24_hours"].end) == (
@@ -412,33 +414,29 @@ def test_presets_are_aligned_and_say_why_one_cannot_be_used(fake_stripe, fake_op
     )
 
     hourly.window = "day"  # a daily meter in the selection puts every preset on whole days
-    daily = rereport.period_presets(
-        selection=rereport.Selection(meters=[hourly], customers=[acme]), now=now
-    )
+    daily = period_presets(selection=Selection(meters=[hourly], customers=[acme]), now=now)
     assert {(p.start, p.end) for p in daily if p.key == "last_24_hours"} == {
         (day - timedelta(days=1), day)
     }
 
 
 def test_billing_period_preset_reads_the_subscription_from_stripe(
-    fake_stripe, fake_openmeter, frozen, django_capture_on_commit_callbacks
+    fake_stripe, fake_openmeter, frozen
 ):
     meter = synced_meter(fake_openmeter)
     [acme] = synced_customers(["acme"])
-    with django_capture_on_commit_callbacks(execute=True):
-        price = PriceMapping.objects.create(
-            meter=meter, product_name="API", unit_amount_decimal=Decimal("0.5")
-        )
-    with django_capture_on_commit_callbacks(execute=True):
-        sub = Subscription.objects.create(customer=acme)
-        sub.prices.add(price)
+    price = PriceMapping.objects.create(
+        meter=meter, product_name="API", unit_amount_decimal=Decimal("0.5")
+    )
+    stripe_sync.sync_object(price)  # a save syncs only through the admin: sync as it would
+    sub = Subscription.objects.create(customer=acme)
+    sub.prices.add(price)
+    stripe_sync.sync_object(sub)
     sub.refresh_from_db()
     assert sub.stripe_subscription_id, sub.sync_error
-    selection = rereport.select_customers(customers=[acme])
+    selection = select_customers(customers=[acme])
     [preset] = [
-        p
-        for p in rereport.period_presets(selection=selection, now=frozen)
-        if p.key == "billing_period"
+        p for p in period_presets(selection=selection, now=frozen) if p.key == "billing_period"
     ]
     remote = fake_stripe.objects["subscription"][sub.stripe_subscription_id]
     started = datetime.fromtimestamp(remote["items"]["data"][0]["current_period_start"], UTC)

@@ -137,10 +137,12 @@ def test_finance_rereports_usage_end_to_end(live_server, browser_page, fake_stri
     # A run page follows a run while it works, and shows its log once it is done.
     usage.add(meter, "acme", hour - timedelta(hours=2), 5)
     running = reporting.start_run(
-        trigger=Trigger.ADMIN,
-        start=hour - timedelta(hours=6),
-        end=hour,
-        requested_by=run.requested_by,
+        reporting.RunRequest(
+            trigger=Trigger.ADMIN,
+            start=hour - timedelta(hours=6),
+            end=hour,
+            requested_by=run.requested_by,
+        )
     )
     page.goto(f"{base}/admin/billing/reportrun/{running.pk}/change/")
     assert page.inner_text('[data-field="status_label"]') == "Running"

@@ -1,4 +1,4 @@
-"""billing.openmeter.OpenMeterClient against the fake OpenMeter (no Django settings needed)."""
+"""The OpenMeter client against the fake OpenMeter (no Django settings needed)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from billing.openmeter import (
+from billing.integrations.openmeter import (
     MeterInfo,
     OpenMeterClient,
     OpenMeterError,
     OpenMeterNotFound,
     UsageRow,
 )
-from tests.fakes.fake_openmeter import FakeOpenMeter
+from emulators.openmeter import FakeOpenMeter
 
 T0 = datetime(2026, 11, 20, tzinfo=UTC)
 HOUR = timedelta(hours=1)

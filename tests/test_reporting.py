@@ -9,10 +9,11 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 
-from billing import reporting
-from billing.locks import meter_lock
-from billing.meter_events import MeterEvent, V2StreamSender, make_sender
-from billing.models import LogStatus, ReportLog, ReportRun, RunStatus, Trigger
+from billing import clock, reporting
+from billing.integrations.meter_events import MeterEvent, V2StreamSender, make_sender
+from billing.models import LogStatus, ReportLog, ReportRun, RunMode, RunStatus, Trigger
+from billing.reporting import detect
+from billing.reporting.locks import meter_lock
 from tests.conftest import hours_ago
 from tests.factories import Usage, billed, synced_customers, synced_meter
 
@@ -198,19 +199,27 @@ def test_dry_run_sends_nothing_and_logs_what_would_be_sent(setup, fake_stripe, n
     ) == sorted(logs.values_list("identifier", "quantity"))
 
 
-def test_customer_without_stripe_id_fails_with_reason_others_proceed(
+def test_customer_not_in_stripe_is_skipped_with_reason_others_proceed(
     setup, fake_stripe, fake_openmeter, now
 ):
-    from billing.models import Customer
+    from billing.models import Customer, SyncStatus
 
     meter, customers, usage = setup
-    lonely = Customer.objects.create(name="Lonely", openmeter_subject="lonely")
-    Customer.objects.filter(pk=lonely.pk).update(stripe_customer_id="")
+    Customer.objects.create(name="Lonely", openmeter_subject="lonely")
+    Customer.objects.create(
+        name="Broken",
+        openmeter_subject="broken",
+        stripe_customer_id="cus_broken1",
+        sync_status=SyncStatus.FAILED,
+        sync_error="Stripe answered 400: bad email",
+    )
     usage.add(meter, "lonely", hours_ago(now, 2), 4)
+    usage.add(meter, "broken", hours_ago(now, 2), 4)
     result = run(now)
     assert result.status == RunStatus.PARTIAL
-    failed = ReportLog.objects.get(status=LogStatus.FAILED)
-    assert "no Stripe customer id" in failed.error
+    assert "Customer 'lonely' skipped: it is not in Stripe yet" in result.error
+    assert "Customer 'broken' skipped: its last sync to Stripe failed" in result.error
+    assert not ReportLog.objects.filter(customer__openmeter_subject__in=["lonely", "broken"])
     assert billed(fake_stripe, meter) == usage.windows(meter, customers)
 
 
@@ -223,7 +232,7 @@ def test_unsynced_and_non_additive_meters_are_refused_with_reason(
     Meter.objects.filter(openmeter_slug="unsynced").update(stripe_meter_id="")
     fake_openmeter.add_meter("peak", aggregation="MAX")
     peak = Meter.objects.create(name="Peak", openmeter_slug="peak")
-    Meter.objects.filter(pk=peak.pk).update(stripe_meter_id="mtr_fake123")
+    Meter.objects.filter(pk=peak.pk).update(stripe_meter_id="mtr_fake123", sync_status="synced")
     result = run(now)
     assert result.status == RunStatus.PARTIAL
     assert "'unsynced' skipped: it is not in Stripe yet" in result.error
@@ -270,6 +279,26 @@ def test_daily_meter_reports_whole_days(fake_stripe, fake_openmeter, now):
     )
     assert result.status == RunStatus.SUCCEEDED
     assert billed(fake_stripe, meter) == usage.windows(meter, customers)
+
+
+def test_a_lookback_reports_each_meters_own_closed_windows(fake_stripe, fake_openmeter, now):
+    """report_usage without --from/--to, hourly and daily meters: the open day is not billed."""
+    hourly = synced_meter(fake_openmeter, "api_calls")
+    daily = synced_meter(fake_openmeter, "storage_gb", window="day")
+    customers = synced_customers(["acme"])
+    usage = Usage(fake_openmeter)
+    day = now.replace(hour=0, minute=0)
+    usage.add(daily, "acme", day - timedelta(days=1) + timedelta(hours=5), 7)
+    usage.add(hourly, "acme", hours_ago(now, 2), 3)
+    open_day = Usage(fake_openmeter)
+    open_day.add(daily, "acme", day, 11)  # today: still open
+    with clock.frozen(now):
+        call_command("report_usage")
+    run_ = ReportRun.objects.get()
+    assert run_.mode == RunMode.LOOKBACK and run_.status == RunStatus.SUCCEEDED, run_.error
+    assert billed(fake_stripe, daily) == usage.windows(daily, customers)
+    assert billed(fake_stripe, hourly) == usage.windows(hourly, customers)
+    assert not ReportLog.objects.filter(meter=daily, window_start__gte=day).exists()
 
 
 @pytest.mark.parametrize(
@@ -403,7 +432,7 @@ def test_scheduled_run_finds_late_usage_by_ranges_when_many_customers_changed(
     setup, fake_stripe, fake_openmeter, now, monkeypatch
 ):
     """With many customers changed, the scheduled run narrows the lookback by range totals."""
-    monkeypatch.setattr(reporting, "SUBJECT_FILTER_MAX", 0)
+    monkeypatch.setattr(detect, "SUBJECT_FILTER_MAX", 0)
     meter, customers, usage = setup
     first = reporting.report_usage(trigger=Trigger.SCHEDULE, now=now)
     assert first.status == RunStatus.SUCCEEDED, first.error

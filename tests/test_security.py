@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from billing import stripe_sync
+from billing.integrations import stripe_sync
 from billing.models import Customer, SyncStatus
 from billing.redaction import redact
 

@@ -1,7 +1,6 @@
 """Template helpers for the billing admin: numbers and times as finance staff read them."""
 
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from django import template
@@ -9,29 +8,15 @@ from django.contrib.admin.views.main import ChangeList
 from django.utils import formats
 from django.utils.text import capfirst
 
+from billing import formatting
+
 register = template.Library()
 
 
-@register.filter
-def quantity(value: Decimal | None) -> str:
-    """A stored quantity without its 12 trailing decimal places: 12.500000000000 -> 12.5."""
-    if value is None:
-        return "—"
-    text = format(value.normalize(), "f")
-    return "0" if text in {"-0", "0"} else text
-
-
-@register.filter
-def signed_quantity(value: Decimal) -> str:
-    text = quantity(value)
-    return text if text.startswith("-") or text == "0" else f"+{text}"
-
-
-@register.filter
-def utc(value: datetime | None) -> str:
-    if value is None:
-        return "—"
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+# Numbers and times are turned into text in billing.formatting; these only name them here.
+register.filter("quantity", formatting.quantity)
+register.filter("signed_quantity", formatting.signed_quantity)
+register.filter("utc", formatting.utc_minute)
 
 
 @register.inclusion_tag("admin/date_hierarchy.html")

@@ -7,6 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from billing import reporting
+from billing.formatting import plain_decimal, utc_minute
 from billing.models import RunStatus, Trigger
 
 
@@ -48,7 +49,7 @@ class Command(BaseCommand):
             meters, customers = reporting.selected(
                 meter_slugs=options["meter"], customer_subjects=options["customer"]
             )
-            run = reporting.start_run(
+            request = reporting.RunRequest(
                 trigger=Trigger.COMMAND,
                 start=start,
                 end=end,
@@ -56,17 +57,18 @@ class Command(BaseCommand):
                 customers=customers,
                 dry_run=options["dry_run"],
             )
+            run = reporting.start_run(request)
         except (CommandError, reporting.ReportInputError) as exc:
             self.stderr.write(f"error: {exc}")
             sys.exit(2)
         run = reporting.execute_run(run)
         verb = "would send" if run.dry_run else "sent"
         self.stdout.write(
-            f"Run #{run.pk} {run.status}: {run.period_start:%Y-%m-%d %H:%M} to "
-            f"{run.period_end:%Y-%m-%d %H:%M} UTC; {run.windows_checked} windows checked, "
+            f"Run #{run.pk} {run.status}: {utc_minute(run.period_start)} to "
+            f"{utc_minute(run.period_end)} UTC; {run.windows_checked} windows checked, "
             f"{run.events_sent} {verb}, {run.events_unchanged} unchanged, "
             f"{run.events_failed} failed; {run.unmapped_subjects} unmapped subject(s) with "
-            f"{run.unmapped_quantity.normalize()} usage."
+            f"{plain_decimal(run.unmapped_quantity)} usage."
         )
         if run.error:
             self.stderr.write(run.error)

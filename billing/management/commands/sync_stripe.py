@@ -5,7 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from billing.stripe_sync import sync_pending
+from billing.integrations.stripe_sync import sync_pending
 
 
 class Command(BaseCommand):
@@ -17,13 +17,14 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         results = sync_pending(include_synced=options["all"])
         failed = 0
-        for obj, ok in results:
+        for outcome in results:
+            obj = outcome.obj
             label = f"{type(obj).__name__} #{obj.pk} {obj}"
-            if ok:
+            if outcome.synced:
                 self.stdout.write(f"synced  {label}")
             else:
                 failed += 1
-                self.stdout.write(f"FAILED  {label}: {obj.sync_error}")  # type: ignore[attr-defined]
+                self.stdout.write(f"FAILED  {label}: {outcome.error}")
         self.stdout.write(
             f"{len(results) - failed} synced, {failed} failed, {len(results)} in all."
         )

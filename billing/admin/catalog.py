@@ -1,0 +1,199 @@
+"""What finance staff keep and Stripe mirrors: meters, customers, prices and subscriptions."""
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+
+from billing import charts, clock
+from billing.admin.base import BillingAdmin, RereportActionMixin, StripeSyncedAdmin
+from billing.admin.forms import MeterForm
+from billing.admin.generic import TabularInline
+from billing.integrations import stripe_sync
+from billing.integrations.stripe_errors import describe
+from billing.models import ArchivedPrice, Customer, Meter, PriceMapping, Subscription, SyncStatus
+from billing.reporting.selection import Selection, select_customers, select_meters
+
+
+class UsageChartsMixin(BillingAdmin):
+    """A change page that charts the row's reported usage per UTC day (see billing.charts)."""
+
+    def usage_series(self, obj: Any) -> list[charts.DailyUsage]:
+        raise NotImplementedError
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        obj = self.get_object(request, unquote(object_id))
+        if obj is not None:
+            usage_charts = [
+                {
+                    "meter": usage.meter,
+                    "total": usage.total,
+                    "svg": charts.bar_chart(
+                        usage,
+                        title=f"{usage.meter.name}: reported usage per UTC day, last 30 days",
+                    ),
+                }
+                for usage in self.usage_series(obj)
+            ]
+            extra_context = {**(extra_context or {}), "usage_charts": usage_charts}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+@admin.register(Meter)
+class MeterAdmin(UsageChartsMixin, RereportActionMixin, StripeSyncedAdmin):
+    form = MeterForm
+    stripe_path = "meters"
+    list_display = [
+        "name",
+        "openmeter_slug",
+        "event_name",
+        "window",
+        "active",
+        "stripe_status",
+        "stripe_id",
+    ]
+    list_filter = ["sync_status", "active", "window"]
+    search_fields = ["name", "openmeter_slug", "event_name", Meter.stripe_id_field]
+    actions = ["sync_to_stripe", "rereport_usage"]
+
+    def rereport_selection(self, queryset: QuerySet[Meter]) -> Selection:
+        return select_meters(meters=queryset)
+
+    def usage_series(self, obj: Meter) -> list[charts.DailyUsage]:
+        return [charts.meter_usage(meter=obj, today=clock.now().date())]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Meter | None = None) -> list[str]:
+        fields = [Meter.stripe_id_field, "openmeter_aggregation", *self.sync_readonly]
+        if obj is not None and obj.stripe_id:
+            # Stripe cannot change these once the meter exists.
+            fields += ["event_name", "window"]
+        return fields
+
+
+@admin.register(Customer)
+class CustomerAdmin(UsageChartsMixin, RereportActionMixin, StripeSyncedAdmin):
+    stripe_path = "customers"
+    list_display = ["name", "email", "openmeter_subject", "active", "stripe_status", "stripe_id"]
+    list_filter = ["sync_status", "active"]
+    search_fields = ["name", "email", "openmeter_subject", Customer.stripe_id_field]
+    actions = ["sync_to_stripe", "rereport_usage"]
+
+    def rereport_selection(self, queryset: QuerySet[Customer]) -> Selection:
+        return select_customers(customers=queryset)
+
+    def usage_series(self, obj: Customer) -> list[charts.DailyUsage]:
+        return charts.customer_usage(customer=obj, today=clock.now().date())
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Customer | None = None) -> list[str]:
+        fields = list(self.sync_readonly)
+        if obj is not None and obj.stripe_id and obj.sync_status == SyncStatus.SYNCED:
+            fields.append(Customer.stripe_id_field)
+        return fields
+
+
+class ArchivedPriceInline(TabularInline):
+    model = ArchivedPrice
+    fields = readonly_fields = (
+        "stripe_price_id",
+        "unit_amount_decimal",
+        "currency",
+        "replaced_by",
+        "archived_at",
+    )
+    extra = 0
+    can_delete = False
+    verbose_name_plural = "Earlier Stripe prices (archived when the amount changed)"
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(PriceMapping)
+class PriceMappingAdmin(StripeSyncedAdmin):
+    stripe_path = "prices"
+    list_display = [
+        "product_name",
+        "meter",
+        "unit_amount_decimal",
+        "currency",
+        "interval",
+        "active",
+        "stripe_status",
+        "stripe_id",
+    ]
+    list_filter = ["sync_status", "active", "currency", "meter"]
+    search_fields = [
+        "product_name",
+        "stripe_product_id",
+        PriceMapping.stripe_id_field,
+        "meter__name",
+    ]
+    list_select_related = ["meter"]
+    inlines = [ArchivedPriceInline]
+    exclude = ["stripe_price_amount", "stripe_price_currency", "stripe_price_interval"]
+
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: PriceMapping | None = None
+    ) -> list[str]:
+        fields = [PriceMapping.stripe_id_field, *self.sync_readonly]
+        if obj is not None and obj.stripe_id:
+            fields += ["meter", "stripe_product_id"]  # a price bills one meter for good
+        return fields
+
+
+@admin.register(Subscription)
+class SubscriptionAdmin(StripeSyncedAdmin):
+    stripe_path = "subscriptions"
+    list_display = [
+        "__str__",
+        "customer",
+        "status",
+        "on_archived_price",
+        "stripe_status",
+        "stripe_id",
+    ]
+    list_filter = ["sync_status", "status"]
+    search_fields = ["customer__name", "customer__openmeter_subject", Subscription.stripe_id_field]
+    list_select_related = ["customer"]
+    filter_horizontal = ["prices"]
+    actions = ["sync_to_stripe", "cancel_in_stripe", "move_to_current_prices"]
+    exclude = ["stripe_items", "cancel_requested"]
+
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: Subscription | None = None
+    ) -> list[str]:
+        fields = [Subscription.stripe_id_field, "status", *self.sync_readonly]
+        if obj is not None and obj.stripe_id:
+            fields.append("customer")
+        return fields
+
+    @admin.display(description="On an archived price", boolean=True)
+    def on_archived_price(self, obj: Subscription) -> bool:
+        return ArchivedPrice.objects.filter(stripe_price_id__in=list(obj.stripe_items)).exists()
+
+    @admin.action(description="Cancel in Stripe")
+    def cancel_in_stripe(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:
+        for sub in queryset:
+            Subscription.objects.filter(pk=sub.pk).update(cancel_requested=True)
+            sub.cancel_requested = True
+            outcome = stripe_sync.sync_object(sub)
+            if outcome:
+                self.message_user(request, f"{sub}: canceled in Stripe.", messages.SUCCESS)
+            else:
+                self.message_user(request, f"{sub}: {outcome.error}", messages.WARNING)
+
+    @admin.action(description="Move to the current prices")
+    def move_to_current_prices(
+        self, request: HttpRequest, queryset: QuerySet[Subscription]
+    ) -> None:
+        for sub in queryset:
+            try:
+                moved = stripe_sync.move_to_current_prices(sub)
+            except Exception as exc:
+                self.message_user(request, f"{sub}: {describe(exc)}", messages.WARNING)
+            else:
+                self.message_user(request, f"{sub}: {moved} item(s) moved to the current price.")

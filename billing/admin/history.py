@@ -1,0 +1,361 @@
+"""The report history, read-only for everyone: runs (with their live progress and "report this
+period again") and the report log (capped counts, indexed search, streamed CSV export)."""
+
+from datetime import timedelta
+from functools import cached_property
+from typing import Any, cast
+
+from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http.response import HttpResponseBase
+from django.shortcuts import get_object_or_404
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
+from django.utils.safestring import mark_safe
+
+from billing import clock
+from billing.admin.base import ReadOnlyAdmin, RereportPermissionMixin
+from billing.admin.generic import Paginator
+from billing.admin.views import action_fields, rereport_page, run_action_fields
+from billing.csv_export import report_log_download
+from billing.formatting import quantity, utc_minute
+from billing.integrations.stripe_client import dashboard_url
+from billing.models import Customer, LogStatus, ReportLog, ReportRun, RunStatus
+from billing.reporting.selection import select_like_run
+
+RUN_PAGE_LOGS = 50  # the run page lists its first rows; the report log has them all
+DRY_RUN_NOTE = mark_safe("<br><small>dry run: nothing sent</small>")
+
+
+def duration_text(run: ReportRun) -> str:
+    end = run.finished_at or clock.now()  # the clock the engine sets finished_at by
+    seconds = max((end - run.started_at).total_seconds(), 0.0)
+    text = f"{seconds:.1f} s" if seconds < 60 else str(timedelta(seconds=round(seconds)))
+    return text if run.finished_at else f"{text} so far"
+
+
+def run_progress(run: ReportRun) -> dict[str, Any]:
+    """What the run page shows while the run works; its JavaScript polls this as JSON."""
+    return {
+        "status": run.status,
+        "status_label": run.get_status_display(),
+        "running": run.status == RunStatus.RUNNING,
+        "windows_checked": run.windows_checked,
+        "events_sent": run.events_sent,
+        "events_unchanged": run.events_unchanged,
+        "events_failed": run.events_failed,
+        "unmapped": f"{run.unmapped_subjects} subject(s), {quantity(run.unmapped_quantity)}",
+        "duration": duration_text(run),
+    }
+
+
+@admin.register(ReportRun)
+class ReportRunAdmin(RereportPermissionMixin, ReadOnlyAdmin):
+    list_display = [
+        "run",
+        "started",
+        "trigger_and_requester",
+        "period",
+        "status_badge",
+        "counters",
+        "duration",
+    ]
+    list_filter = ["status", "trigger", "dry_run"]
+    list_select_related = ["requested_by"]
+    search_fields = ["requested_by__username", "error"]
+    date_hierarchy = "started_at"
+    actions = ["report_again"]
+    rereport_actions = ("report_again",)
+    fields = readonly_fields = (
+        "trigger",
+        "requested_by",
+        "dry_run",
+        "period",
+        "selection",
+        "started_at",
+        "finished_at",
+    )  # the errors are shown above these, beside the counters
+
+    @admin.display(description="Run", ordering="id")
+    def run(self, obj: ReportRun) -> str:
+        return f"#{obj.pk}"
+
+    @admin.display(description="Started (UTC)", ordering="started_at")
+    def started(self, obj: ReportRun) -> str:
+        return utc_minute(obj.started_at)
+
+    @admin.display(description="Trigger", ordering="trigger")
+    def trigger_and_requester(self, obj: ReportRun) -> str:
+        if obj.requested_by is None:
+            return obj.get_trigger_display()
+        return format_html(
+            "{}<br><small>by {}</small>", obj.get_trigger_display(), obj.requested_by
+        )
+
+    @admin.display(description="Period (UTC)", ordering="period_start")
+    def period(self, obj: ReportRun) -> str:
+        return format_html(
+            '<span class="mb-nowrap">{} →<br>{}</span>',
+            utc_minute(obj.period_start),
+            utc_minute(obj.period_end),
+        )
+
+    @admin.display(description="Windows")
+    def counters(self, obj: ReportRun) -> str:
+        return format_html(
+            '<span class="mb-nowrap">{} sent, <span class="{}">{} failed</span></span>'
+            "<br><small>{} unchanged of {} checked</small>",
+            obj.events_sent,
+            "mb-failed" if obj.events_failed else "",
+            obj.events_failed,
+            obj.events_unchanged,
+            obj.windows_checked,
+        )
+
+    @admin.display(description="Status", ordering="status")
+    def status_badge(self, obj: ReportRun) -> str:
+        return format_html(
+            '<strong class="mb-status mb-status-{}">{}</strong>{}',
+            obj.status,
+            obj.get_status_display(),
+            DRY_RUN_NOTE if obj.dry_run else "",
+        )
+
+    @admin.display(description="Duration")
+    def duration(self, obj: ReportRun) -> str:
+        return duration_text(obj)
+
+    @admin.display(description="Meters and customers")
+    def selection(self, obj: ReportRun) -> str:
+        meters = ", ".join(obj.meter_slugs) or "every active meter"
+        customers = ", ".join(obj.customer_subjects[:20]) or "every active customer"
+        if len(obj.customer_subjects) > 20:
+            customers += f" and {len(obj.customer_subjects) - 20} more"
+        return f"Meters: {meters}. Customers: {customers}."
+
+    @admin.action(description="Report this period again…", permissions=["rereport"])
+    def report_again(self, request: HttpRequest, queryset: QuerySet[ReportRun]) -> Any:
+        runs = list(queryset[:2])
+        if len(runs) != 1:
+            self.message_user(
+                request, "Select one run to report its period again.", messages.WARNING
+            )
+            return None
+        return rereport_page(
+            self,
+            request,
+            selection=select_like_run(run=runs[0]),
+            post_url=request.get_full_path(),
+            hidden=action_fields(request, action="report_again"),
+        )
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view
+        return [
+            path(
+                "<int:object_id>/progress/",
+                view(self.progress_view),
+                name="billing_reportrun_progress",
+            ),
+            path(
+                "<int:object_id>/report-again/",
+                view(self.report_again_view),
+                name="billing_reportrun_report_again",
+            ),
+            *super().get_urls(),
+        ]
+
+    def progress_view(self, request: HttpRequest, object_id: int) -> JsonResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return JsonResponse(run_progress(get_object_or_404(ReportRun, pk=object_id)))
+
+    def report_again_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        """The re-report page for one run, opened from its page; it posts to the action."""
+        if not self.has_rereport_permission(request):
+            raise PermissionDenied
+        run = get_object_or_404(ReportRun, pk=object_id)
+        return rereport_page(
+            self,
+            request,
+            selection=select_like_run(run=run),
+            post_url=reverse("admin:billing_reportrun_changelist"),
+            hidden=run_action_fields(run, action="report_again"),
+        )
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        run = self.get_object(request, unquote(object_id))
+        if run is not None:
+            logs = run.logs.select_related("meter", "customer").order_by(
+                "meter_id", "customer_id", "window_start"
+            )
+            extra_context = {
+                **(extra_context or {}),
+                "progress": run_progress(run),
+                "progress_url": reverse("admin:billing_reportrun_progress", args=[run.pk]),
+                "logs": logs[:RUN_PAGE_LOGS],
+                "log_count": run.logs.count(),
+                "logs_url": reverse("admin:billing_reportlog_changelist")
+                + f"?run__id__exact={run.pk}",
+                "report_again_url": reverse("admin:billing_reportrun_report_again", args=[run.pk])
+                if self.has_rereport_permission(request)
+                else "",
+            }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+class CappedCountPaginator(Paginator):
+    """Counts at most `cap` + 1 rows. A COUNT(*) over a million-row log on every page view is
+    what makes such a changelist slow; past the cap, finance staff narrow the list instead."""
+
+    cap = 10_000
+
+    @cached_property
+    def count(self) -> int:
+        # Unordered: the count needs no sort of what it counts.
+        return cast("QuerySet[Any]", self.object_list).order_by()[: self.cap + 1].count()
+
+    @property
+    def capped(self) -> bool:
+        return self.count > self.cap
+
+
+@admin.register(ReportLog)
+class ReportLogAdmin(ReadOnlyAdmin):
+    list_display = [
+        "logged_at",
+        "run_link",
+        "meter_name",
+        "customer_link",
+        "window",
+        "change",
+        "status_text",
+    ]  # the identifier is on each row's page, in the CSV, and searchable
+    list_filter = ["status", "meter", "customer", ("created_at", admin.DateFieldListFilter)]
+    list_select_related = ["meter", "customer"]
+    date_hierarchy = "created_at"
+    # Searching is done by get_search_results, on indexed columns; this only shows the box.
+    search_fields = ["identifier"]
+    search_help_text = (
+        "A customer (name, subject, email or Stripe id), a meter event identifier or a Stripe "
+        "request id."
+    )
+    show_full_result_count = False
+    paginator = CappedCountPaginator
+    list_per_page = 100
+    # Newest first by the indexed created_at (ids ascend with it): the index then both filters a
+    # date range and yields the page in order. Sorting a million rows by another column would
+    # not be fast, so only indexed columns are sortable.
+    ordering = ["-created_at"]
+    sortable_by = ["logged_at", "run_link"]
+    fields = readonly_fields = (
+        "run",
+        "meter",
+        "customer_link",
+        "window_start",
+        "window_end",
+        "previous_quantity",
+        "quantity",
+        "status",
+        "identifier",
+        "stripe_request_id",
+        "error",
+        "created_at",
+    )
+
+    @admin.display(description="Logged (UTC)", ordering="created_at")
+    def logged_at(self, obj: ReportLog) -> str:
+        return utc_minute(obj.created_at)
+
+    @admin.display(description="Meter")
+    def meter_name(self, obj: ReportLog) -> str:
+        return obj.meter.name
+
+    @admin.display(description="Run", ordering="run_id")
+    def run_link(self, obj: ReportLog) -> str:
+        return format_html('<a href="?run__id__exact={}">#{}</a>', obj.run_id, obj.run_id)
+
+    @admin.display(description="Customer")
+    def customer_link(self, obj: ReportLog) -> str:
+        customer = obj.customer
+        if not customer.stripe_id:
+            return customer.name
+        return format_html(
+            '{} <small><a href="{}" target="_blank" rel="noopener" title="{} in the Stripe '
+            'dashboard">Stripe&nbsp;↗</a></small>',
+            customer.name,
+            dashboard_url(f"customers/{customer.stripe_id}"),
+            customer.stripe_id,
+        )
+
+    @admin.display(description="Window start (UTC)")
+    def window(self, obj: ReportLog) -> str:
+        return format_html(
+            '<span class="mb-nowrap" title="until {}">{}</span>',
+            utc_minute(obj.window_end),
+            utc_minute(obj.window_start),
+        )
+
+    @admin.display(description="Old → new value")
+    def change(self, obj: ReportLog) -> str:
+        return f"{quantity(obj.previous_quantity)} → {quantity(obj.quantity)}"
+
+    @admin.display(description="Status")
+    def status_text(self, obj: ReportLog) -> str:
+        """The outcome, with what Stripe said: its request id, or the error."""
+        if obj.status == LogStatus.FAILED:
+            return format_html(
+                '<strong class="mb-log-failed">Failed</strong><br><small>{}</small>', obj.error
+            )
+        if obj.stripe_request_id:
+            return format_html(
+                "{}<br><small><code>{}</code></small>",
+                obj.get_status_display(),
+                obj.stripe_request_id,
+            )
+        return obj.get_status_display()
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[ReportLog], search_term: str
+    ) -> tuple[QuerySet[ReportLog], bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        # Each alternative hits an index: no LIKE over a million log rows. The customers are
+        # looked up first, so the database gets a list of ids rather than a subquery it would
+        # answer with a scan of the whole log.
+        customers = Customer.objects.filter(
+            Q(name__icontains=term)
+            | Q(openmeter_subject__icontains=term)
+            | Q(email__icontains=term)
+            | Q(stripe_customer_id=term)
+        ).values_list("pk", flat=True)
+        matches = Q(identifier=term) | Q(stripe_request_id=term)
+        matches |= Q(customer_id__in=list(customers))
+        return queryset.filter(matches), False
+
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            path(
+                "export.csv",
+                self.admin_site.admin_view(self.export_csv_view),
+                name="billing_reportlog_export",
+            ),
+            *super().get_urls(),
+        ]
+
+    def export_csv_view(self, request: HttpRequest) -> HttpResponseBase:
+        """The changelist as it is filtered, searched and ordered, as a streamed CSV file."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        try:
+            changelist = self.get_changelist_instance(request)
+        except IncorrectLookupParameters:
+            return HttpResponseRedirect(reverse("admin:billing_reportlog_changelist") + "?e=1")
+        return report_log_download(changelist.queryset)

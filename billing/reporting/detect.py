@@ -1,0 +1,303 @@
+"""Change detection: which (customer, window) values differ from what Stripe holds.
+
+A period run compares every window of every customer. A lookback run first compares totals over
+ranges: for SUM meters of non-negative values and COUNT meters windows only grow, so equal totals
+mean equal windows and an unchanged run ends after a couple of queries. See `MeterPass.by_range`.
+"""
+
+import logging
+from collections import defaultdict, deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Count, Q, Sum
+
+from billing import windows
+from billing.formatting import utc_iso
+from billing.integrations.openmeter import OpenMeterClient, OpenMeterError
+from billing.models import Customer, Meter, ReportedWindow
+from billing.reporting.tally import Tally
+from billing.reporting.values import quantize, totals_match
+
+logger = logging.getLogger(__name__)
+
+OPENMETER_WINDOW = {windows.HOUR: "HOUR", windows.DAY: "DAY"}
+ROWS_PER_QUERY = 50_000  # bounds one OpenMeter answer (and the memory it takes)
+SUBJECT_FILTER_MAX = 100  # above this many subjects, query all and filter here
+STATE_FILTER_MAX = 1000  # above this many customers, read the meter's state and filter here
+
+
+@dataclass(frozen=True)
+class Change:
+    """A window whose value must be sent: `previous` is what Stripe holds (None: nothing)."""
+
+    customer: Customer
+    window_start: datetime
+    value: Decimal
+    previous: Decimal | None
+    revision: int  # values already sent for this window
+
+
+@dataclass(frozen=True)
+class Held:
+    """What the ledger says Stripe holds for one window."""
+
+    value: Decimal
+    sent_count: int
+    needs_resend: bool
+
+
+def decide(*, value: Decimal, held: Held | None) -> tuple[Decimal | None, int] | None:
+    """Whether a window with usage `value` must be sent: None if not, else (previous, revision).
+
+    Nothing held and zero usage: nothing to send. Held and equal, with no failed send since:
+    unchanged. Anything else, a window that went back to zero included, is sent."""
+    if held is None:
+        return None if value == 0 else (None, 0)
+    if held.value == value and not held.needs_resend:
+        return None
+    return held.value, held.sent_count
+
+
+def differs(om_total: Decimal | None, mine: Mapping[str, Any] | None) -> bool:
+    """Whether a customer's usage over a range may differ from what Stripe holds for it."""
+    total = quantize(om_total or Decimal(0))
+    if mine is None:
+        return total != 0
+    return bool(mine["dirty"]) or not totals_match(total, mine["total"] or Decimal(0))
+
+
+@dataclass(frozen=True)
+class RangeCheck:
+    """A range of a lookback run to compare by totals, for these candidate customers.
+
+    `top` ranges together cover the run's whole range once: their totals count unmapped usage."""
+
+    low: datetime
+    high: datetime
+    candidates: list[Customer]
+    top: bool
+
+
+@dataclass
+class MeterPass:
+    """One meter's comparison over [start, end) for a set of customers."""
+
+    meter: Meter
+    start: datetime
+    end: datetime
+    customers: dict[str, Customer]  # by OpenMeter subject
+    filtered: bool  # the run was asked for these customers only (no unmapped counting)
+    openmeter: OpenMeterClient
+    tally: Tally
+
+    @property
+    def step(self) -> Any:
+        return self.meter.window_length
+
+    @property
+    def om_window(self) -> str:
+        return OPENMETER_WINDOW[self.meter.window]
+
+    def query_subjects(self) -> list[str]:
+        few = self.filtered and len(self.customers) <= SUBJECT_FILTER_MAX
+        return list(self.customers) if few else []
+
+    def every_window(self) -> Iterator[Change]:
+        """A chosen period: compare every window of every customer."""
+        totals = self.range_totals(self.start, self.end, self.query_subjects())
+        self.count_unmapped(totals)
+        yield from self.windowed_changes(
+            self.start, self.end, list(self.customers.values()), len(totals)
+        )
+
+    def by_range(self) -> Iterator[Change]:
+        """A lookback: the changed windows, found by comparing totals over ranges.
+
+        Two totals per subject first: the newest window alone, and the rest of the lookback. The
+        newest window's totals are its values, so a new hour is sent without a windowed query.
+        A rest that differs is read window by window for the customers that differ in it; when
+        they are many, it is first cut into ranges of 1, 1, 2, 4, 8... windows from the newest,
+        each compared by totals, so that only ranges with changes are read window by window.
+        The cost follows what changed, not customers x windows.
+        """
+        everyone = list(self.customers.values())
+        newest = max(self.start, self.end - self.step)
+        todo = deque([RangeCheck(newest, self.end, everyone, top=True)])
+        if self.start < newest:
+            todo.append(RangeCheck(self.start, newest, everyone, top=True))
+        n_subjects = len(self.customers)
+        while todo:
+            check = todo.popleft()
+            totals = self.range_totals(check.low, check.high, self.subjects_for(check))
+            if check.top:
+                self.count_unmapped(totals)
+                n_subjects = max(n_subjects, len(totals))
+            differing = self.differing(check, totals)
+            if not differing:
+                continue
+            if check.high - check.low == self.step:  # one window: a total is its value
+                usage = {
+                    (c.pk, check.low): totals.get(c.openmeter_subject, Decimal(0))
+                    for c in differing
+                }
+                yield from self.changes(check.low, check.high, differing, usage)
+            elif check.top and len(differing) > SUBJECT_FILTER_MAX:
+                todo.extendleft(
+                    RangeCheck(low, high, differing, top=False)
+                    for low, high in reversed(
+                        windows.recent_first(check.low, check.high, self.step)
+                    )
+                )
+            else:
+                yield from self.windowed_changes(check.low, check.high, differing, n_subjects)
+
+    def subjects_for(self, check: RangeCheck) -> list[str]:
+        if check.top:
+            return self.query_subjects()
+        if len(check.candidates) <= SUBJECT_FILTER_MAX:
+            return [c.openmeter_subject for c in check.candidates]
+        return []
+
+    def differing(self, check: RangeCheck, totals: dict[str, Decimal]) -> list[Customer]:
+        held = self.held_totals(check.low, check.high, check.candidates)
+        result: list[Customer] = []
+        for customer in check.candidates:
+            mine = held.get(customer.pk)
+            if differs(totals.get(customer.openmeter_subject), mine):
+                result.append(customer)
+            elif mine is not None:
+                self.tally.events_unchanged += mine["nonzero"]
+        logger.info(
+            "Meter '%s' %s..%s: %d of %d customers changed",
+            self.meter.openmeter_slug,
+            utc_iso(check.low),
+            utc_iso(check.high),
+            len(result),
+            len(check.candidates),
+        )
+        return result
+
+    def range_totals(
+        self, start: datetime, end: datetime, subjects: list[str]
+    ) -> dict[str, Decimal]:
+        """One total per subject over [start, end)."""
+        try:
+            return self.totals(start, end, subjects, window_size=None)
+        except OpenMeterError as exc:
+            if exc.status != 400:
+                raise
+            # An OpenMeter that refuses a query without windowSize: total the windows instead.
+            logger.warning(
+                "Meter '%s': totals query refused (%s); summing windows",
+                self.meter.openmeter_slug,
+                exc,
+            )
+            return self.totals(start, end, subjects, window_size=self.om_window)
+
+    def totals(
+        self, start: datetime, end: datetime, subjects: list[str], *, window_size: str | None
+    ) -> dict[str, Decimal]:
+        totals: dict[str, Decimal] = {}
+        for row in self.openmeter.query(
+            slug=self.meter.openmeter_slug,
+            start=start,
+            end=end,
+            window_size=window_size,
+            subjects=subjects,
+        ):
+            totals[row.subject] = totals.get(row.subject, Decimal(0)) + row.value
+        return totals
+
+    def count_unmapped(self, totals: dict[str, Decimal]) -> None:
+        if self.filtered:
+            return
+        for subject, total in totals.items():
+            if subject not in self.customers and total != 0:
+                self.tally.add_unmapped(subject, total)
+
+    def held_totals(
+        self, start: datetime, end: datetime, customers: list[Customer]
+    ) -> dict[int, Mapping[str, Any]]:
+        """What Stripe holds per customer over [start, end): total, non-zero and dirty windows."""
+        state = ReportedWindow.objects.filter(
+            meter=self.meter, window_start__gte=start, window_start__lt=end
+        )
+        if len(customers) <= STATE_FILTER_MAX:
+            state = state.filter(customer_id__in=[c.pk for c in customers])
+        return {
+            row["customer_id"]: row
+            for row in state.values("customer_id").annotate(
+                total=Sum("value"),
+                nonzero=Count("id", filter=~Q(value=0)),
+                dirty=Count("id", filter=Q(needs_resend=True)),
+            )
+        }
+
+    def windowed_changes(
+        self, start: datetime, end: datetime, customers: list[Customer], n_subjects: int
+    ) -> Iterator[Change]:
+        """The changed windows of `customers` in [start, end), from windowed queries in chunks."""
+        by_subject = {c.openmeter_subject: c for c in customers}
+        use_filter = len(customers) <= SUBJECT_FILTER_MAX
+        per_query = len(customers) if use_filter else max(n_subjects, len(customers))
+        chunk = self.step * max(1, ROWS_PER_QUERY // max(1, per_query))
+        bounds = []
+        chunk_start = start
+        while chunk_start < end:
+            bounds.append((chunk_start, min(end, chunk_start + chunk)))
+            chunk_start += chunk
+        # Newest chunk first: fresh usage sits in the latest windows, so sending starts at once
+        # and overlaps the comparison of the older chunks.
+        for chunk_start, chunk_end in reversed(bounds):
+            usage: dict[tuple[int, datetime], Decimal] = defaultdict(Decimal)
+            for row in self.openmeter.query(
+                slug=self.meter.openmeter_slug,
+                start=chunk_start,
+                end=chunk_end,
+                window_size=self.om_window,
+                subjects=list(by_subject) if use_filter else [],
+            ):
+                customer = by_subject.get(row.subject)
+                if customer is not None:
+                    usage[(customer.pk, row.window_start)] += row.value
+            yield from self.changes(chunk_start, chunk_end, customers, usage)
+
+    def changes(
+        self,
+        start: datetime,
+        end: datetime,
+        customers: list[Customer],
+        usage: Mapping[tuple[int, datetime], Decimal],
+    ) -> Iterator[Change]:
+        ids = {c.pk: c for c in customers}
+        held = self.held_windows(start, end, ids)
+        for key in sorted(set(usage) | set(held), key=lambda k: (k[1], k[0])):
+            value = quantize(usage.get(key, Decimal(0)))
+            previous = held.get(key)
+            decision = decide(value=value, held=previous)
+            if decision is None:
+                if previous is not None:
+                    self.tally.events_unchanged += 1
+                continue
+            yield Change(ids[key[0]], key[1], value, *decision)
+
+    def held_windows(
+        self, start: datetime, end: datetime, ids: Mapping[int, Customer]
+    ) -> dict[tuple[int, datetime], Held]:
+        state = ReportedWindow.objects.filter(
+            meter=self.meter, window_start__gte=start, window_start__lt=end
+        )
+        if len(ids) <= STATE_FILTER_MAX:
+            state = state.filter(customer_id__in=list(ids))
+        # Tuples, not model instances: a chunk holds tens of thousands of windows.
+        return {
+            (customer_id, window_start): Held(value, sent_count, needs_resend)
+            for customer_id, window_start, value, sent_count, needs_resend in state.values_list(
+                "customer_id", "window_start", "value", "sent_count", "needs_resend"
+            )
+            if customer_id in ids
+        }

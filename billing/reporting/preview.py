@@ -1,0 +1,204 @@
+"""A re-report's preview (a dry run, read back as old -> new per window) and the real run it
+confirms, queued for the worker. What was shown is what is sent, unless usage changes between."""
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+
+from billing import clock
+from billing.models import Customer, LogStatus, Meter, ReportLog, ReportRun, RunStatus, Trigger
+from billing.queue import enqueue as queue_task
+from billing.reporting.periods import ReportInputError
+from billing.reporting.runs import RunRequest, execute_run, selected, start_run
+from billing.reporting.selection import Selection
+
+PREVIEW_WINDOWS_SHOWN = 500  # window-by-window detail is capped; the totals cover everything
+PREVIEW_MAX_AGE = timedelta(hours=1)  # an older preview may no longer say what would be sent
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True)
+class WindowChange:
+    window_start: datetime
+    window_end: datetime
+    old: Decimal | None  # None: Stripe holds nothing for this window yet
+    new: Decimal
+
+    @property
+    def delta(self) -> Decimal:
+        return self.new - (self.old or Decimal(0))
+
+
+@dataclass
+class CustomerChanges:
+    """One customer's changed windows on one meter."""
+
+    meter: Meter
+    customer: Customer
+    windows: int
+    old_total: Decimal
+    new_total: Decimal
+    changes: list[WindowChange] = field(default_factory=list)  # capped: see PREVIEW_WINDOWS_SHOWN
+
+    delta = property(lambda self: self.new_total - self.old_total)
+
+
+@dataclass
+class MeterTotals:
+    meter: Meter
+    windows: int = 0
+    customers: int = 0
+    old_total: Decimal = Decimal(0)
+    new_total: Decimal = Decimal(0)
+
+    delta = property(lambda self: self.new_total - self.old_total)
+
+
+@dataclass
+class Preview:
+    run: ReportRun
+    rows: list[CustomerChanges]
+    meters: list[MeterTotals]
+    windows_changed: int
+    windows_shown: int
+
+    @property
+    def complete(self) -> bool:
+        """A preview that failed somewhere does not say what a run would send."""
+        return self.run.status == RunStatus.SUCCEEDED
+
+
+def preview(
+    *,
+    selection: Selection,
+    start: datetime,
+    end: datetime,
+    requested_by: Any,
+    now: datetime | None = None,
+) -> Preview:
+    """Dry-run the period now, in this process (no Stripe call). Raises ReportInputError."""
+    if not selection.usable:
+        raise ReportInputError(" ".join(selection.problems))
+    request = RunRequest(
+        trigger=Trigger.ADMIN,
+        start=start,
+        end=end,
+        meters=selection.meters,
+        customers=selection.customers,
+        dry_run=True,
+        requested_by=requested_by,
+    )
+    run = start_run(request, now=now)
+    execute_run(run)
+    return load_preview(run=run)
+
+
+def load_preview(*, run: ReportRun) -> Preview:
+    """Read a dry run's ReportLog rows in one streamed pass: exact totals, a capped detail."""
+    rows: dict[tuple[int, int], CustomerChanges] = {}
+    totals: dict[int, MeterTotals] = {}
+    shown = 0
+    mine = ReportLog.objects.filter(run=run, status=LogStatus.DRY_RUN)
+    meters = Meter.objects.filter(pk__in=mine.values("meter_id")).in_bulk()
+    customers = Customer.objects.filter(pk__in=mine.values("customer_id")).in_bulk()
+    logs = mine.order_by("meter_id", "customer_id", "window_start").values_list(
+        "meter_id", "customer_id", "window_start", "window_end", "previous_quantity", "quantity"
+    )
+    # Totals in Python: SQLite sums decimals as floats, and these are the numbers to be billed.
+    for meter_id, customer_id, w_start, w_end, old, new in logs.iterator(chunk_size=2000):
+        row = rows.get((meter_id, customer_id))
+        if row is None:
+            meter, customer = meters[meter_id], customers[customer_id]
+            row = rows[(meter_id, customer_id)] = CustomerChanges(meter, customer, 0, ZERO, ZERO)
+            totals.setdefault(meter_id, MeterTotals(meter)).customers += 1
+        row.windows += 1
+        row.old_total += old or ZERO
+        row.new_total += new
+        total = totals[meter_id]
+        total.windows += 1
+        total.old_total += old or ZERO
+        total.new_total += new
+        if shown < PREVIEW_WINDOWS_SHOWN:
+            row.changes.append(WindowChange(w_start, w_end, old, new))
+            shown += 1
+    ordered = sorted(rows.values(), key=lambda r: (r.meter.name, r.customer.name, r.customer.pk))
+    return Preview(
+        run=run,
+        rows=ordered,
+        meters=sorted(totals.values(), key=lambda t: t.meter.name),
+        windows_changed=sum(t.windows for t in totals.values()),
+        windows_shown=shown,
+    )
+
+
+# --- the real run -----------------------------------------------------------------------------
+
+
+def confirm(*, preview_run: ReportRun, requested_by: Any, now: datetime | None = None) -> ReportRun:
+    """Start the real run the preview showed, queued for the worker. Raises ReportInputError."""
+    now = now or clock.now()
+    if (
+        not preview_run.dry_run
+        or preview_run.trigger != Trigger.ADMIN
+        or preview_run.requested_by_id != getattr(requested_by, "pk", None)
+    ):
+        raise ReportInputError("That preview is not yours to confirm: preview again.")
+    if preview_run.status != RunStatus.SUCCEEDED:
+        raise ReportInputError(
+            "The preview did not complete, so it does not say what would be sent: preview again."
+        )
+    if now - preview_run.started_at > PREVIEW_MAX_AGE:
+        raise ReportInputError(
+            "The preview is more than an hour old and usage may have changed: preview again."
+        )
+    started = _started_from(preview_run)
+    if started is not None:  # "Report" pressed twice: one run is enough
+        return started
+    meters, customers = selected(
+        meter_slugs=preview_run.meter_slugs, customer_subjects=preview_run.customer_subjects
+    )
+    request = RunRequest(
+        trigger=Trigger.ADMIN,
+        start=preview_run.period_start,
+        end=preview_run.period_end,
+        meters=meters or None,
+        customers=customers or None,
+        requested_by=requested_by,
+    )
+    run = start_run(request, now=now)
+    enqueue(run)
+    return run
+
+
+def _started_from(preview_run: ReportRun) -> ReportRun | None:
+    """The real run already started from this preview, if any."""
+    candidates = ReportRun.objects.filter(
+        trigger=Trigger.ADMIN,
+        dry_run=False,
+        requested_by_id=preview_run.requested_by_id,
+        period_start=preview_run.period_start,
+        period_end=preview_run.period_end,
+        started_at__gte=preview_run.started_at,
+    ).order_by("pk")
+    for run in candidates:
+        if set(run.meter_slugs) == set(preview_run.meter_slugs) and set(
+            run.customer_subjects
+        ) == set(preview_run.customer_subjects):
+            return run
+    return None
+
+
+def enqueue(run: ReportRun) -> None:
+    """Hand the run to the django-q2 worker once the run's row is committed and visible to it."""
+    run_id = run.pk
+    transaction.on_commit(
+        lambda: queue_task(
+            "billing.tasks.execute_report_run",
+            run_id,
+            task_name=f"Report run #{run_id}",
+            group="report_runs",
+        )
+    )

@@ -1,0 +1,187 @@
+"""Sends one meter's changes and records each outcome: ReportLog rows (the audit trail) and
+ReportedWindow (what Stripe holds), written together in one transaction per batch."""
+
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+
+from billing import clock
+from billing.integrations.meter_events import MeterEvent, Sender, SendResult
+from billing.models import LogStatus, Meter, ReportedWindow, ReportLog, ReportRun
+from billing.reporting.bulk import Rows
+from billing.reporting.detect import Change
+from billing.reporting.tally import Tally
+from billing.reporting.values import make_identifier
+
+logger = logging.getLogger(__name__)
+
+FLUSH_EVERY = 500
+
+LOG_FIELDS = (
+    "run",
+    "meter",
+    "customer",
+    "window_start",
+    "window_end",
+    "quantity",
+    "previous_quantity",
+    "identifier",
+    "status",
+    "stripe_request_id",
+    "error",
+    "created_at",
+)
+STATE_FIELDS = (
+    "meter",
+    "customer",
+    "window_start",
+    "value",
+    "sent_count",
+    "needs_resend",
+    "updated_at",
+)
+
+
+class Recorder:
+    def __init__(self, *, run: ReportRun, meter: Meter, tally: Tally) -> None:
+        self.run, self.meter, self.tally = run, meter, tally
+        self.step = meter.window_length
+        self.logs: list[tuple[Any, ...]] = []  # ReportLog rows in LOG_FIELDS order, less the last
+        self.states: list[tuple[Change, bool]] = []  # (change, delivered)
+        self.db = Rows()
+        self.run_tag = uuid.uuid4().hex[:12]
+
+    def identifier(self, change: Change) -> str:
+        customer = change.customer
+        return make_identifier(
+            event_name=self.meter.event_name,
+            stripe_customer_id=customer.stripe_customer_id or f"local-{customer.pk}",
+            window_start=change.window_start,
+            value=change.value,
+            revision=change.revision,
+        )
+
+    def dry_run(self, changes: Iterable[Change]) -> None:
+        """Log what would be sent; send nothing."""
+        for change in changes:
+            self.log(change, self.identifier(change), LogStatus.DRY_RUN)
+            self.tally.events_sent += 1
+            if len(self.logs) >= FLUSH_EVERY:
+                self.flush()
+
+    def send(self, changes: Iterable[Change], sender: Sender) -> None:
+        """Send the changes as they come: the sender pulls them lazily while it sends."""
+
+        def events() -> Iterator[MeterEvent]:
+            for change in changes:
+                yield MeterEvent(
+                    key=change,
+                    event_name=self.meter.event_name,
+                    stripe_customer_id=change.customer.stripe_customer_id,
+                    value=change.value,
+                    timestamp=change.window_start,
+                    identifier=self.identifier(change),
+                )
+                if len(self.logs) >= FLUSH_EVERY:
+                    self.flush()
+
+        for result in sender.send(events(), run_tag=self.run_tag):
+            self.result(result)
+
+    def result(self, result: SendResult) -> None:
+        change: Change = result.event.key
+        status = LogStatus.SENT if result.delivered else LogStatus.FAILED
+        self.log(
+            change,
+            result.event.identifier,
+            status,
+            request_id=result.request_id,
+            error="" if result.delivered else result.error,
+        )
+        self.states.append((change, result.delivered))
+        if len(self.logs) >= FLUSH_EVERY:
+            self.flush()
+
+    def log(
+        self,
+        change: Change,
+        identifier: str,
+        status: str,
+        *,
+        request_id: str = "",
+        error: str = "",
+    ) -> None:
+        if status == LogStatus.FAILED:
+            self.tally.events_failed += 1
+        elif status == LogStatus.SENT:
+            self.tally.events_sent += 1
+        self.logs.append(
+            (
+                self.run.pk,
+                self.meter.pk,
+                change.customer.pk,
+                self.db.moment(change.window_start),
+                self.db.moment(change.window_start + self.step),
+                self.db.decimal(change.value),
+                None if change.previous is None else self.db.decimal(change.previous),
+                identifier,
+                status,
+                request_id[:100],
+                error,
+            )
+        )
+
+    def flush(self) -> None:
+        if not self.logs and not self.states:
+            return
+        with transaction.atomic():
+            now = self.db.moment(clock.now())
+            self.db.insert(ReportLog, LOG_FIELDS, [(*row, now) for row in self.logs])
+            self.write_states()
+            self.tally.save_to(self.run)
+        self.logs, self.states = [], []
+        logger.info(
+            "Run %s: %d sent, %d unchanged, %d failed so far",
+            self.run.pk,
+            self.tally.events_sent,
+            self.tally.events_unchanged,
+            self.tally.events_failed,
+        )
+
+    def write_states(self) -> None:
+        sent = [c for c, ok in self.states if ok]
+        failed = [c for c, ok in self.states if not ok and c.previous is not None]
+        now = clock.now()
+        if sent:
+            stamp = self.db.moment(now)
+            self.db.insert(
+                ReportedWindow,
+                STATE_FIELDS,
+                [
+                    (
+                        self.meter.pk,
+                        c.customer.pk,
+                        self.db.moment(c.window_start),
+                        self.db.decimal(c.value),
+                        c.revision + 1,
+                        False,
+                        stamp,
+                    )
+                    for c in sent
+                ],
+                conflict=("meter", "customer", "window_start"),
+            )
+        if failed:
+            # Stripe may or may not hold the failed value: make the next run send again.
+            by_window: dict[datetime, list[int]] = defaultdict(list)
+            for c in failed:
+                by_window[c.window_start].append(c.customer.pk)
+            for window_start, customer_ids in by_window.items():
+                ReportedWindow.objects.filter(
+                    meter=self.meter, window_start=window_start, customer_id__in=customer_ids
+                ).update(needs_resend=True, updated_at=now)

@@ -1,0 +1,215 @@
+"""A run's life: start (check the request, create the ReportRun), execute (each meter under its
+lock), finish (status and errors), and closing runs whose worker died."""
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+
+from billing import clock, windows
+from billing.integrations.meter_events import make_sender
+from billing.integrations.openmeter import OpenMeterClient, OpenMeterError
+from billing.models import Customer, Meter, ReportRun, RunMode, RunStatus
+from billing.redaction import redact
+from billing.reporting.detect import MeterPass
+from billing.reporting.locks import meter_lock
+from billing.reporting.periods import ReportInputError, meter_range, plan_coverage
+from billing.reporting.recorder import Recorder
+from billing.reporting.tally import Tally
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRequest:
+    """What someone asked a run to report. Without start and end: the lookback."""
+
+    trigger: str
+    start: datetime | None = None
+    end: datetime | None = None
+    meters: Sequence[Meter] | None = None  # None: every active meter
+    customers: Sequence[Customer] | None = None  # None: every active customer
+    dry_run: bool = False
+    requested_by: Any = None
+
+
+def start_run(request: RunRequest, *, now: datetime | None = None) -> ReportRun:
+    """Check the request and create its ReportRun (status running). Raises ReportInputError.
+
+    With start and end, the run covers that period; without, it is a lookback: each meter's
+    closed windows of the last REPORT_LOOKBACK_HOURS before `now`, whatever the trigger.
+    """
+    now = now or clock.now()
+    meters, customers = request.meters, request.customers
+    chosen = list(meters) if meters else list(Meter.objects.filter(active=True))
+    coverage = plan_coverage(start=request.start, end=request.end, meters=chosen, now=now)
+    return ReportRun.objects.create(
+        trigger=request.trigger,
+        requested_by=request.requested_by,
+        mode=coverage.mode,
+        period_start=coverage.start,
+        period_end=coverage.end,
+        dry_run=request.dry_run,
+        meter_slugs=[m.openmeter_slug for m in meters] if meters else [],
+        customer_subjects=[c.openmeter_subject for c in customers] if customers else [],
+    )
+
+
+def execute_run(run: ReportRun) -> ReportRun:
+    """Report what the run covers. Never raises for a Stripe or OpenMeter failure: it is
+    recorded on the run."""
+    tally = Tally()
+    try:
+        meters, customers = _reportable(run, tally)
+        with OpenMeterClient.from_settings() as openmeter:
+            for meter in meters:
+                start, end = meter_range(run=run, meter=meter)
+                _report_meter(
+                    run=run,
+                    meter_pass=MeterPass(
+                        meter=meter,
+                        start=start,
+                        end=end,
+                        customers=customers,
+                        filtered=bool(run.customer_subjects),
+                        openmeter=openmeter,
+                        tally=tally,
+                    ),
+                )
+    except Exception as exc:  # the run must end with a status, whatever happened
+        logger.exception("Report run %s crashed", run.pk)
+        tally.errors.append(f"Unexpected error: {redact(str(exc))}")
+    _finish(run, tally)
+    return run
+
+
+def report_usage(*, now: datetime | None = None, **request: Any) -> ReportRun:
+    """start_run + execute_run, for a RunRequest given as keywords: the synchronous path of the
+    command and the schedule."""
+    return execute_run(start_run(RunRequest(**request), now=now))
+
+
+def _reportable(run: ReportRun, tally: Tally) -> tuple[list[Meter], dict[str, Customer]]:
+    """The run's meters and customers that may be billed; the others are errors on the run."""
+    meters = Meter.objects.filter(active=True)
+    if run.meter_slugs:
+        meters = Meter.objects.filter(openmeter_slug__in=run.meter_slugs)
+    customers = Customer.objects.filter(active=True)
+    if run.customer_subjects:
+        customers = customers.filter(openmeter_subject__in=run.customer_subjects)
+    usable_meters = []
+    for meter in meters.order_by("pk"):
+        reason = meter.reportable_reason()
+        if reason is None:
+            usable_meters.append(meter)
+        else:
+            tally.errors.append(f"Meter '{meter.openmeter_slug}' skipped: {reason}.")
+    by_subject = {}
+    for customer in customers:
+        reason = customer.reportable_reason()
+        if reason is None:
+            by_subject[customer.openmeter_subject] = customer
+        else:
+            tally.errors.append(f"Customer '{customer.openmeter_subject}' skipped: {reason}.")
+    return usable_meters, by_subject
+
+
+def _report_meter(*, run: ReportRun, meter_pass: MeterPass) -> None:
+    meter, tally = meter_pass.meter, meter_pass.tally
+    if meter_pass.start >= meter_pass.end:
+        return
+    try:
+        info = meter_pass.openmeter.get_meter(meter.openmeter_slug)
+    except OpenMeterError as exc:
+        tally.errors.append(redact(str(exc)))
+        return
+    problem = Meter.aggregation_problem(info.aggregation)
+    if problem:
+        tally.errors.append(f"Meter '{meter.openmeter_slug}' skipped: {problem}")
+        return
+    if run.dry_run:
+        _compare_and_send(run=run, meter_pass=meter_pass)
+        return
+    with meter_lock(meter.pk, wait=settings.REPORT_LOCK_WAIT_SECONDS) as held:
+        if not held:
+            message = (
+                f"Meter '{meter.openmeter_slug}' skipped: another run is reporting it right now; "
+                "the next run will cover these windows."
+            )
+            logger.warning(message)
+            tally.errors.append(message)
+            return
+        _compare_and_send(run=run, meter_pass=meter_pass)
+
+
+def _compare_and_send(*, run: ReportRun, meter_pass: MeterPass) -> None:
+    tally = meter_pass.tally
+    n_windows = windows.count(meter_pass.start, meter_pass.end, meter_pass.meter.window)
+    tally.windows_checked += n_windows * len(meter_pass.customers)
+    recorder = Recorder(run=run, meter=meter_pass.meter, tally=tally)
+    try:
+        changes = meter_pass.every_window() if run.mode == RunMode.PERIOD else meter_pass.by_range()
+        if run.dry_run:
+            recorder.dry_run(changes)
+        else:
+            recorder.send(changes, make_sender())
+    except OpenMeterError as exc:
+        tally.errors.append(redact(str(exc)))
+    finally:
+        recorder.flush()  # what was sent before an error is recorded too
+
+
+def _finish(run: ReportRun, tally: Tally) -> None:
+    tally.save_to(run)
+    if tally.events_failed:
+        tally.errors.append(
+            f"{tally.events_failed} window(s) could not be sent; see the report log. "
+            "The next run sends them again."
+        )
+    if not tally.errors:
+        run.status = RunStatus.SUCCEEDED
+    elif tally.events_sent == 0:
+        run.status = RunStatus.FAILED
+    else:
+        run.status = RunStatus.PARTIAL
+    run.error = "\n".join(tally.errors)
+    run.finished_at = clock.now()
+    ReportRun.objects.filter(pk=run.pk).update(
+        status=run.status, error=run.error, finished_at=run.finished_at
+    )
+
+
+def fail_abandoned_runs() -> int:
+    """Close runs still 'running' past the task timeout: their worker died or never started.
+
+    Their sends are safe to repeat (identifiers), so the message asks for the period again.
+    """
+    now = clock.now()
+    limit = now - timedelta(seconds=settings.REPORT_TASK_TIMEOUT + 10 * 60)
+    return ReportRun.objects.filter(
+        status=RunStatus.RUNNING, finished_at__isnull=True, started_at__lt=limit
+    ).update(
+        status=RunStatus.FAILED,
+        finished_at=now,
+        error="The run stopped before it finished (its worker was killed, timed out or never "
+        "started). What it sent is recorded; report the period again to complete it.",
+    )
+
+
+def selected(
+    *, meter_slugs: Iterable[str] = (), customer_subjects: Iterable[str] = ()
+) -> tuple[list[Meter], list[Customer]]:
+    """Look up meters and customers by slug/subject; unknown ones are a ReportInputError."""
+    slugs, subjects = list(meter_slugs), list(customer_subjects)
+    meters = list(Meter.objects.filter(openmeter_slug__in=slugs)) if slugs else []
+    missing = sorted(set(slugs) - {m.openmeter_slug for m in meters})
+    if missing:
+        raise ReportInputError(f"Unknown meter(s): {', '.join(missing)}.")
+    customers = list(Customer.objects.filter(openmeter_subject__in=subjects)) if subjects else []
+    missing = sorted(set(subjects) - {c.openmeter_subject for c in customers})
+    if missing:
+        raise ReportInputError(f"Unknown customer subject(s): {', '.join(missing)}.")
+    return meters, customers

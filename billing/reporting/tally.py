@@ -1,0 +1,34 @@
+"""A run's counters while it works, written to its ReportRun row as it goes."""
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from billing.models import ReportRun
+from billing.reporting.values import quantize
+
+
+@dataclass
+class Tally:
+    windows_checked: int = 0
+    events_sent: int = 0
+    events_unchanged: int = 0
+    events_failed: int = 0
+    unmapped: dict[str, Decimal] = field(default_factory=dict)  # subject -> usage
+    errors: list[str] = field(default_factory=list)
+
+    def add_unmapped(self, subject: str, value: Decimal) -> None:
+        self.unmapped[subject] = self.unmapped.get(subject, Decimal(0)) + value
+
+    def save_to(self, run: ReportRun) -> None:
+        """Copy the counters onto `run` and its row (an UPDATE: the run page polls it)."""
+        counters = {
+            "windows_checked": self.windows_checked,
+            "events_sent": self.events_sent,
+            "events_unchanged": self.events_unchanged,
+            "events_failed": self.events_failed,
+            "unmapped_subjects": len(self.unmapped),
+            "unmapped_quantity": quantize(sum(self.unmapped.values(), Decimal(0))),
+        }
+        for name, value in counters.items():
+            setattr(run, name, value)
+        ReportRun.objects.filter(pk=run.pk).update(**counters)

@@ -1,0 +1,311 @@
+"""Shared pieces of the Stripe emulator: limits, error type, records, route table, helpers."""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qsl
+
+HOUR = 3600
+DAY = 86400
+MAX_PAST_SECONDS = 35 * DAY
+MAX_FUTURE_SECONDS = 5 * 60
+IDENTIFIER_TTL_SECONDS = DAY
+IDEMPOTENCY_TTL_SECONDS = DAY
+SESSION_TTL_SECONDS = 15 * 60
+MAX_STREAM_EVENTS = 100
+API_VERSION = "2026-10-28.endive"  # what stripe-python 16 pins
+KEY_PREFIXES = ("sk_test_", "sk_live_", "rk_test_", "rk_live_")
+STREAM_PATH = "/v2/billing/meter_event_stream"
+WINDOW_SECONDS = {"hour": HOUR, "day": DAY}
+
+KINDS = (
+    "customer",
+    "product",
+    "price",
+    "billing.meter",
+    "subscription",
+    "subscription_item",
+    "webhook_endpoint",
+)
+_LABELS = {
+    "customer": "customer",
+    "product": "product",
+    "price": "price",
+    "billing.meter": "billing meter",
+    "subscription": "subscription",
+    "subscription_item": "subscription item",
+    "webhook_endpoint": "webhook endpoint",
+}
+_PREFIXES = {
+    "customer": "cus_",
+    "product": "prod_",
+    "price": "price_",
+    "billing.meter": "mtr_",
+    "subscription": "sub_",
+    "subscription_item": "si_",
+    "webhook_endpoint": "we_",
+}
+# Update operations that refuse fields outside their schema even with validate=False: that
+# refusal is how Stripe keeps prices immutable and meters fixed except for their display name.
+_ALWAYS_REJECT_UNKNOWN = {
+    ("POST", "/v1/prices/{price}"),
+    ("POST", "/v1/billing/meters/{id}"),
+}
+
+Json = dict[str, Any]
+
+
+class ApiError(Exception):
+    """A Stripe error answer; rendered as v1 or v2 error JSON depending on the path."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: Json | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+    def body(self, api: str) -> Json:
+        err: Json
+        if api == "v2":
+            err = {"type": self.type, "code": self.code or _v2_default_code(self.status)}
+            err["message"] = self.message
+        else:
+            err = {}
+            if self.code:
+                err["code"] = self.code
+            err["message"] = self.message
+            if self.param:
+                err["param"] = self.param
+            err["type"] = self.type
+        err.update(self.extra)
+        return {"error": err}
+
+
+def _v2_default_code(status: int) -> str:
+    return {401: "invalid_api_key", 404: "not_found", 429: "rate_limit"}.get(
+        status, "internal_error" if status >= 500 else "invalid_request"
+    )
+
+
+class _Event:
+    __slots__ = (
+        "canceled",
+        "customer",
+        "event_name",
+        "identifier",
+        "meter",
+        "received_at",
+        "record",
+        "seq",
+        "ts",
+        "value",
+        "window",
+    )
+
+    def __init__(
+        self,
+        *,
+        meter: str,
+        event_name: str,
+        customer: str,
+        window: int,
+        ts: int,
+        value: Decimal,
+        seq: int,
+        identifier: str,
+        received_at: float,
+        record: Json,
+    ) -> None:
+        self.meter = meter
+        self.event_name = event_name
+        self.customer = customer
+        self.window = window
+        self.ts = ts
+        self.value = value
+        self.seq = seq
+        self.identifier = identifier
+        self.received_at = received_at
+        self.record = record
+        self.canceled = False
+
+
+class _Fault:
+    __slots__ = ("kind", "prefix", "remaining", "should_retry", "status")
+
+    def __init__(
+        self, kind: str, remaining: int, status: int, should_retry: bool | None, prefix: str
+    ) -> None:
+        self.kind = kind
+        self.remaining = remaining
+        self.status = status
+        self.should_retry = should_retry
+        self.prefix = prefix
+
+
+class _Stored:
+    __slots__ = ("at", "body", "fingerprint", "headers", "method", "path", "request_id", "status")
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        path: str,
+        fingerprint: bytes,
+        status: int,
+        body: bytes,
+        headers: dict[str, str],
+        at: float,
+        request_id: str,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.fingerprint = fingerprint
+        self.status = status
+        self.body = body
+        self.headers = headers
+        self.at = at
+        self.request_id = request_id
+
+
+class _Ctx:
+    __slots__ = ("api", "livemode", "method", "path", "path_params")
+
+    def __init__(
+        self, api: str, livemode: bool, method: str, path: str, path_params: dict[str, str]
+    ) -> None:
+        self.api = api
+        self.livemode = livemode
+        self.method = method
+        self.path = path
+        self.path_params = path_params
+
+
+Response = tuple[int, bytes, dict[str, str]]
+_ROUTES: dict[tuple[str, str], str] = {}
+
+
+def _route(method: str, template: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _ROUTES[(method, template)] = fn.__name__
+        return fn
+
+    return deco
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), default=_json_default).encode()
+
+
+def rfc3339(ts: float) -> str:
+    """Epoch seconds -> ``2026-11-20T13:00:00.000Z``."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _fingerprint(form: bool, query: str, body: bytes) -> bytes:
+    """Digest of the request parameters, insensitive to their order (idempotency comparison)."""
+    canonical: Any
+    if form:
+        text = body.decode("utf-8", "replace")
+        canonical = sorted(parse_qsl(query, keep_blank_values=True)) + sorted(
+            parse_qsl(text, keep_blank_values=True)
+        )
+    else:
+        try:
+            canonical = json.loads(body) if body.strip() else {}
+        except ValueError:
+            canonical = body.decode("utf-8", "replace")
+    return hashlib.sha256(
+        json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
+    ).digest()
+
+
+def _redact(key: str) -> str:
+    return "*" * max(len(key) - 4, 0) + key[-4:]
+
+
+def _merge_metadata(current: dict[str, str], new: Any) -> dict[str, str]:
+    if new == "" or new is None:
+        return {}
+    out = dict(current)
+    for k, v in dict(new).items():
+        if v == "":
+            out.pop(k, None)
+        else:
+            out[k] = v
+    return out
+
+
+def _add_interval(ts: int, interval: str, count: int) -> int:
+    dt = datetime.fromtimestamp(ts, UTC)
+    if interval == "day":
+        dt += timedelta(days=count)
+    elif interval == "week":
+        dt += timedelta(weeks=count)
+    else:
+        months = dt.month - 1 + count * (12 if interval == "year" else 1)
+        year, month = dt.year + months // 12, months % 12 + 1
+        day = min(dt.day, calendar.monthrange(year, month)[1])
+        dt = dt.replace(year=year, month=month, day=day)
+    return int(dt.timestamp())
+
+
+def _created_matches(created: int, flt: Any) -> bool:
+    if flt is None:
+        return True
+    if isinstance(flt, int):
+        return created == flt
+    if not isinstance(flt, dict):
+        return True
+    checks = {
+        "gt": created > flt.get("gt", created - 1),
+        "gte": created >= flt.get("gte", created),
+        "lt": created < flt.get("lt", created + 1),
+        "lte": created <= flt.get("lte", created),
+    }
+    return all(checks.values())
+
+
+def _pname(prefix: str, key: str) -> str:
+    return f"{prefix}[{key}]" if prefix else key
+
+
+def _missing(kind: str, obj_id: str, *, param: str, status: int = 400) -> ApiError:
+    return ApiError(
+        status, f"No such {_LABELS[kind]}: '{obj_id}'", code="resource_missing", param=param
+    )
+
+
+def _aggregate(formula: str, events: list[_Event]) -> Decimal:
+    if not events:
+        return Decimal(0)
+    if formula == "count":
+        return Decimal(len(events))
+    if formula == "last":
+        return max(events, key=lambda ev: (ev.ts, ev.seq)).value
+    return sum((ev.value for ev in events), Decimal(0))
