@@ -1,25 +1,15 @@
 """Fixtures: the loopback fakes of Stripe and OpenMeter, and the app pointed at them."""
 
-import os
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from billing import clock
 from emulators.openmeter import FakeOpenMeter
 from emulators.stripe import FakeStripe
-
-STRIPE_KEY = "sk_test_meterbridge_tests"
-IN_CI = os.environ.get("CI") == "true"
-
-
-def skip_or_fail(reason: str) -> None:
-    """Outside CI a missing service skips with its reason; in CI it is a failure."""
-    if IN_CI:
-        pytest.fail(f"{reason} (required in CI)")
-    pytest.skip(reason)
+from tests.helpers import STRIPE_KEY
 
 
 @pytest.fixture(scope="session")
@@ -54,14 +44,13 @@ def fake_openmeter(openmeter_server: FakeOpenMeter, settings: Any) -> FakeOpenMe
 
 
 @pytest.fixture
+def frozen(now: datetime) -> Iterator[datetime]:
+    """The app's clock stopped at `now`: admin, engine and presets read the same time."""
+    with clock.frozen(now):
+        yield now
+
+
+@pytest.fixture
 def now() -> datetime:
     """A fixed 'now' inside the current hour, so tests pick whole windows deterministically."""
     return datetime.now(UTC).replace(minute=30, second=0, microsecond=0)
-
-
-def hours_ago(now: datetime, n: int) -> datetime:
-    return now.replace(minute=0) - timedelta(hours=n)
-
-
-def as_decimal(value: Any) -> Decimal:
-    return Decimal(str(value))

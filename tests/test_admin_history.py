@@ -12,7 +12,7 @@ from django.db import connection
 from django.http import StreamingHttpResponse
 from django.test.utils import CaptureQueriesContext
 
-from billing import clock, reporting
+from billing import reporting
 from billing.models import (
     Customer,
     LogStatus,
@@ -23,20 +23,12 @@ from billing.models import (
     RunStatus,
     Trigger,
 )
-from tests.conftest import hours_ago
-from tests.factories import Usage, synced_customers, synced_meter
+from tests.helpers import Usage, hours_ago, synced_customers, synced_meter
 
 pytestmark = pytest.mark.django_db
 
 RUNS = "/admin/billing/reportrun/"
 LOGS = "/admin/billing/reportlog/"
-
-
-@pytest.fixture
-def frozen(now):
-    """The admin and the engine read the same 'now'."""
-    with clock.frozen(now):
-        yield now
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 Against the fake Stripe and OpenMeter; django-q runs the queued run inline (sync test settings).
 """
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -29,8 +28,7 @@ from billing.models import (
 )
 from billing.reporting.presets import period_presets
 from billing.reporting.selection import Selection, select_customers
-from tests.conftest import hours_ago
-from tests.factories import Usage, billed, synced_customers, synced_meter
+from tests.helpers import Usage, billed, hours_ago, synced_customers, synced_meter
 
 pytestmark = pytest.mark.django_db
 
@@ -38,13 +36,6 @@ CUSTOMERS = "/admin/billing/customer/"
 METERS = "/admin/billing/meter/"
 RUNS = "/admin/billing/reportrun/"
 EVENTS = "/v1/billing/meter_events"
-
-
-@pytest.fixture
-def frozen(now: datetime) -> Iterator[datetime]:
-    """The admin, the engine and the presets all read the same 'now'."""
-    with clock.frozen(now):
-        yield now
 
 
 @pytest.fixture

@@ -14,8 +14,7 @@ from django.db import connections
 
 from billing import reporting
 from billing.models import Customer, Meter, PriceMapping, ReportLog, ReportRun, RunStatus, Trigger
-from tests.conftest import skip_or_fail
-from tests.factories import Usage, billed
+from tests.helpers import Usage, billed, skip_or_fail
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

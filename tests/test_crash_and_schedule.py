@@ -17,8 +17,7 @@ from django.db import connection
 from billing import tasks
 from billing.models import LogStatus, ReportLog, ReportRun, RunStatus
 from billing.schedule import SCHEDULE_FUNC, SCHEDULE_NAME
-from tests.conftest import STRIPE_KEY
-from tests.factories import Usage, billed, synced_customers, synced_meter
+from tests.helpers import STRIPE_KEY, Usage, billed, synced_customers, synced_meter
 
 ROOT = Path(__file__).resolve().parent.parent
 

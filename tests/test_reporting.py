@@ -14,8 +14,7 @@ from billing.integrations.meter_events import MeterEvent, V2StreamSender, make_s
 from billing.models import LogStatus, ReportLog, ReportRun, RunMode, RunStatus, Trigger
 from billing.reporting import detect
 from billing.reporting.locks import meter_lock
-from tests.conftest import hours_ago
-from tests.factories import Usage, billed, synced_customers, synced_meter
+from tests.helpers import Usage, billed, hours_ago, synced_customers, synced_meter
 
 pytestmark = pytest.mark.django_db
 

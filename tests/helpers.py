@@ -1,13 +1,31 @@
-"""Test helpers: synced meters and customers in the fake Stripe, usage in the fake OpenMeter."""
+"""Test helpers: synced meters and customers in the fake Stripe, usage in the fake OpenMeter, and
+the small functions several test modules share."""
 
+import os
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
 from billing.integrations import stripe_sync
 from billing.models import Customer, Meter
+
+STRIPE_KEY = "sk_test_meterbridge_tests"
+IN_CI = os.environ.get("CI") == "true"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Outside CI a missing service skips with its reason; in CI it is a failure."""
+    if IN_CI:
+        pytest.fail(f"{reason} (required in CI)")
+    pytest.skip(reason)
+
+
+def hours_ago(now: datetime, n: int) -> datetime:
+    return now.replace(minute=0) - timedelta(hours=n)
 
 
 def synced_meter(
