@@ -479,8 +479,8 @@ class Bench:
         ops = connection.ops
         table = connection.ops.quote_name(ReportedWindow._meta.db_table)
         sql = (
-            f"INSERT INTO {table} (meter_id, customer_id, window_start, value, sent_count, "
-            "needs_resend, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            f"INSERT INTO {table} (meter_id, customer_id, stripe_customer_id, window_start, value, "
+            "sent_count, needs_resend, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
         )
         stamp = ops.adapt_datetimefield_value(datetime.now(UTC))
         total = 0
@@ -489,7 +489,16 @@ class Bench:
                 for hour in hours:
                     start = ops.adapt_datetimefield_value(datetime.fromtimestamp(hour * HOUR, UTC))
                     batch = [
-                        (meter.pk, pk, start, value_of(c, m, hour), 1, False, stamp)
+                        (
+                            meter.pk,
+                            pk,
+                            self.stripe_ids[c],
+                            start,
+                            value_of(c, m, hour),
+                            1,
+                            False,
+                            stamp,
+                        )
                         for c, pk in enumerate(self.customer_pks)
                     ]
                     cursor.executemany(sql, batch)

@@ -106,9 +106,10 @@ def populate(rows: int) -> None:
     per_hour = max(1, rows // hours)
     table = ReportLog._meta.db_table
     sql = (
-        f"INSERT INTO {table} (run_id, meter_id, customer_id, window_start, window_end, quantity, "
-        "previous_quantity, identifier, status, stripe_request_id, error, created_at) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        f"INSERT INTO {table} (run_id, meter_id, customer_id, stripe_customer_id, event_name, "
+        "window_start, window_end, quantity, previous_quantity, identifier, status, "
+        "stripe_request_id, error, created_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
     )
 
     def values(first: int, last: int) -> Any:
@@ -120,6 +121,8 @@ def populate(rows: int) -> None:
                 run_ids[hour],
                 meters[i % METERS],
                 customers[(i // METERS) % CUSTOMERS],
+                f"cus_bench{(i // METERS) % CUSTOMERS:04d}",
+                f"meter_{i % METERS}",
                 window.isoformat(),
                 (window + timedelta(hours=1)).isoformat(),
                 str(1 + i % 1000),

@@ -11,7 +11,7 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 
-from billing import validators, windows
+from billing import clock, validators, windows
 
 
 class SyncStatus(models.TextChoices):
@@ -273,6 +273,7 @@ class ReportRun(models.Model):
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
+    reason = models.TextField(blank=True, help_text="Why the period was reported again.")
     # What the run covers. lookback: each meter's own closed windows of the lookback before
     # period_end; period: exactly [period_start, period_end) on every meter.
     mode = models.CharField(max_length=10, choices=RunMode.choices, default=RunMode.PERIOD)
@@ -289,14 +290,18 @@ class ReportRun(models.Model):
     events_sent = models.PositiveIntegerField(default=0)
     events_unchanged = models.PositiveIntegerField(default=0)
     events_failed = models.PositiveIntegerField(default=0)
+    rate_limited = models.PositiveIntegerField(
+        default=0, help_text="Stripe answers 429 (too many requests) the run waited out."
+    )
     unmapped_subjects = models.PositiveIntegerField(default=0)
     unmapped_quantity = models.DecimalField(default=Decimal(0), max_digits=32, decimal_places=12)
-    started_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # From the app's clock, as finished_at is: a run's duration is read on one clock.
+    started_at = models.DateTimeField(default=clock.now, editable=False, db_index=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
 
     class Meta:
-        ordering = ["-started_at"]
+        ordering = ["-started_at", "-pk"]
         permissions = [("rereport_usage", "Can re-report usage to Stripe")]
 
     def __str__(self) -> str:
@@ -315,6 +320,9 @@ class ReportLog(models.Model):
     run = models.ForeignKey(ReportRun, on_delete=models.PROTECT, related_name="logs")
     meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="logs")
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="logs")
+    # What the value was sent with: the history keeps them even if the rows change later.
+    stripe_customer_id = models.CharField("Stripe customer id", max_length=100, blank=True)
+    event_name = models.CharField(max_length=100, blank=True)
     window_start = models.DateTimeField()
     window_end = models.DateTimeField()
     quantity = models.DecimalField(max_digits=32, decimal_places=12)
@@ -336,7 +344,8 @@ class ReportLog(models.Model):
 
 
 class ReportedWindow(models.Model):
-    """The value Stripe holds for one (meter, customer, window): the last `sent` ReportLog row.
+    """The value Stripe holds for one (meter, Stripe customer, window): the last `sent` ReportLog
+    row. Keyed by the Stripe customer it was sent to, because that is what Stripe bills.
 
     Kept beside the audit trail, in the same transaction, so a run compares against one row per
     window instead of scanning the history.
@@ -344,6 +353,7 @@ class ReportedWindow(models.Model):
 
     meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+")
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="+")
+    stripe_customer_id = models.CharField(max_length=100)
     window_start = models.DateTimeField()
     value = models.DecimalField(max_digits=32, decimal_places=12)
     sent_count = models.PositiveIntegerField(default=0)
@@ -354,7 +364,8 @@ class ReportedWindow(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["meter", "customer", "window_start"], name="unique_reported_window"
+                fields=["meter", "stripe_customer_id", "window_start"],
+                name="unique_reported_window",
             )
         ]
         indexes = [models.Index(fields=["meter", "window_start"], name="reported_meter_window_idx")]

@@ -258,12 +258,14 @@ def test_customer_and_meter_pages_chart_the_reported_usage_per_day(
     ReportedWindow.objects.create(
         meter=other,
         customer=acme,
+        stripe_customer_id=acme.stripe_customer_id,
         window_start=now.replace(hour=0, minute=0) - timedelta(days=3),
         value=Decimal("42.5"),
     )
     ReportedWindow.objects.create(  # older than 30 days: not drawn
         meter=other,
         customer=acme,
+        stripe_customer_id=acme.stripe_customer_id,
         window_start=now.replace(hour=0, minute=0) - timedelta(days=31),
         value=Decimal(1000),
     )

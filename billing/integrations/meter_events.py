@@ -3,7 +3,7 @@
 Two transports: v1 `POST /v1/billing/meter_events`, one event per request, sent concurrently;
 and the v2 meter event stream (`STRIPE_METER_EVENT_STREAM=true`), up to 100 events per request
 authenticated by a 15-minute session token. Both draw from one token bucket per process (see
-billing/ratelimit.py), and both retry 429s and 5xx with backoff until an event is delivered or its
+ratelimit.py), and both retry 429s and 5xx with backoff until an event is delivered or its
 failure is final. Requests run on a thread pool that works up to LOOKAHEAD_SECONDS ahead of the
 caller, so the caller's own work (reading the next chunk, writing results) does not stall sending.
 

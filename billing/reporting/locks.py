@@ -1,7 +1,8 @@
 """One reporter per meter at a time, across processes, released even when a process is killed.
 
-PostgreSQL: a session advisory lock (dropped with the connection). SQLite: an flock on a file
-beside the database (dropped with the process). Either way a crashed run never blocks the next.
+PostgreSQL: a session advisory lock (dropped with the connection). SQLite: an flock on a file in
+the system's temp directory, named for the database (dropped with the process). Either way a
+crashed run never blocks the next.
 """
 
 import fcntl

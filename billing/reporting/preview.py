@@ -181,7 +181,7 @@ def _started_from(preview_run: ReportRun) -> ReportRun | None:
         requested_by_id=preview_run.requested_by_id,
         period_start=preview_run.period_start,
         period_end=preview_run.period_end,
-        started_at__gte=preview_run.started_at,
+        pk__gt=preview_run.pk,  # started after the preview
     ).order_by("pk")
     for run in candidates:
         if set(run.meter_slugs) == set(preview_run.meter_slugs) and set(

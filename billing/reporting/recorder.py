@@ -26,6 +26,8 @@ LOG_FIELDS = (
     "run",
     "meter",
     "customer",
+    "stripe_customer_id",
+    "event_name",
     "window_start",
     "window_end",
     "quantity",
@@ -39,6 +41,7 @@ LOG_FIELDS = (
 STATE_FIELDS = (
     "meter",
     "customer",
+    "stripe_customer_id",
     "window_start",
     "value",
     "sent_count",
@@ -57,10 +60,9 @@ class Recorder:
         self.run_tag = uuid.uuid4().hex[:12]
 
     def identifier(self, change: Change) -> str:
-        customer = change.customer
         return make_identifier(
             event_name=self.meter.event_name,
-            stripe_customer_id=customer.stripe_customer_id or f"local-{customer.pk}",
+            stripe_customer_id=change.customer.stripe_customer_id,
             window_start=change.window_start,
             value=change.value,
             revision=change.revision,
@@ -125,6 +127,8 @@ class Recorder:
                 self.run.pk,
                 self.meter.pk,
                 change.customer.pk,
+                change.customer.stripe_customer_id,
+                self.meter.event_name,
                 self.db.moment(change.window_start),
                 self.db.moment(change.window_start + self.step),
                 self.db.decimal(change.value),
@@ -166,6 +170,7 @@ class Recorder:
                     (
                         self.meter.pk,
                         c.customer.pk,
+                        c.customer.stripe_customer_id,
                         self.db.moment(c.window_start),
                         self.db.decimal(c.value),
                         c.revision + 1,
@@ -174,14 +179,14 @@ class Recorder:
                     )
                     for c in sent
                 ],
-                conflict=("meter", "customer", "window_start"),
+                conflict=("meter", "stripe_customer_id", "window_start"),
             )
         if failed:
             # Stripe may or may not hold the failed value: make the next run send again.
-            by_window: dict[datetime, list[int]] = defaultdict(list)
+            by_window: dict[datetime, list[str]] = defaultdict(list)
             for c in failed:
-                by_window[c.window_start].append(c.customer.pk)
-            for window_start, customer_ids in by_window.items():
+                by_window[c.window_start].append(c.customer.stripe_customer_id)
+            for window_start, stripe_ids in by_window.items():
                 ReportedWindow.objects.filter(
-                    meter=self.meter, window_start=window_start, customer_id__in=customer_ids
+                    meter=self.meter, window_start=window_start, stripe_customer_id__in=stripe_ids
                 ).update(needs_resend=True, updated_at=now)
