@@ -3,6 +3,8 @@ so exporting a million rows takes the memory of one chunk, not of a million mode
 
 import csv
 import io
+import re
+import unicodedata
 from collections.abc import Iterator
 from datetime import datetime
 from decimal import Decimal
@@ -21,6 +23,8 @@ CHUNK_ROWS = 2000
 COLUMNS = [
     ("logged_at_utc", "created_at"),
     ("run", "run_id"),
+    ("requested_by", "run__requested_by__username"),
+    ("run_reason", "run__reason"),
     ("meter", "meter__openmeter_slug"),
     ("customer_subject", "customer__openmeter_subject"),
     ("customer_name", "customer__name"),
@@ -34,19 +38,47 @@ COLUMNS = [
     ("stripe_request_id", "stripe_request_id"),
     ("error", "error"),
 ]
-# A spreadsheet runs a cell starting with one of these as a formula: CSV injection.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# CSV injection: a spreadsheet runs a cell as a formula when, once it has dropped what it does
+# not show (spaces, zero-width and other format characters) and folded full-width and small
+# forms (U+FF1D FULLWIDTH EQUALS SIGN, U+FE66 SMALL EQUALS SIGN...) to ASCII, the cell starts
+# with one of these...
+_FORMULA_START = ("=", "+", "-", "@")
+# ...or when a field separator a spreadsheet may split on is followed by one (`x;=1+1`)...
+_FORMULA_AFTER_SEPARATOR = re.compile(r"[;,|\t\r\n]\s*[=+\-@]")
+# ...or when it holds a dynamic data exchange call (`cmd|' /C calc'!A0`, `DDE(...)`).
+_DDE = re.compile(r"\|\s*'[^']*'\s*!|\bdde(?:auto)?\b", re.IGNORECASE)
+
+
+def _as_shown(text: str) -> str:
+    """The text as a spreadsheet reads it: compatibility forms folded, format characters
+    (zero-width spaces and joiners, direction marks, word joiner, byte order mark) dropped."""
+    folded = unicodedata.normalize("NFKC", text)
+    return "".join(ch for ch in folded if unicodedata.category(ch) != "Cf")
+
+
+def is_formula(text: str) -> bool:
+    """Whether a spreadsheet could evaluate this cell (see _FORMULA_START)."""
+    if text.startswith(("\t", "\r")):
+        return True
+    shown = _as_shown(text)
+    return (
+        shown.lstrip().startswith(_FORMULA_START)
+        or _FORMULA_AFTER_SEPARATOR.search(shown) is not None
+        or _DDE.search(shown) is not None
+    )
 
 
 def cell(value: Any) -> Any:
+    """A value as the CSV writes it. Only text is guarded: numbers (Decimal quantities, ids)
+    are written as numbers, so a negative value stays a number."""
     if value is None:
         return ""
     if isinstance(value, datetime):
         return utc_iso(value)
     if isinstance(value, Decimal):
         return plain_decimal(value)
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
+    if isinstance(value, str) and is_formula(value):
+        return "'" + value  # shown as text, never evaluated
     return value
 
 

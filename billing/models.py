@@ -158,6 +158,45 @@ class Customer(StripeSynced):
     def __str__(self) -> str:
         return f"{self.name} ({self.openmeter_subject})"
 
+    # Fixed once usage was reported: Stripe bills what was sent to that Stripe customer, and
+    # the ledger is keyed by it. Relinking would bill the same usage again to the new one.
+    IDENTITY_FIELDS = ("stripe_customer_id", "openmeter_subject")
+
+    def reported_under(self) -> str | None:
+        """The Stripe customer id this customer's usage was reported under, or None while no
+        usage was reported for it (a `sent` ReportLog row or a ReportedWindow).
+
+        The one rule: once it is not None, `IDENTITY_FIELDS` cannot change."""
+        if self.pk is None:
+            return None
+        for rows in (
+            ReportLog.objects.filter(customer_id=self.pk, status=LogStatus.SENT),
+            ReportedWindow.objects.filter(customer_id=self.pk),
+        ):
+            ids = rows.order_by().exclude(stripe_customer_id="")
+            found = ids.values_list("stripe_customer_id", flat=True)[:1]
+            if found:
+                return str(found[0])
+            if rows.exists():  # a row from before the history kept the Stripe id
+                saved = Customer.objects.filter(pk=self.pk).values_list(
+                    "stripe_customer_id", flat=True
+                )
+                return str(saved[0]) if saved and saved[0] else "its earlier Stripe customer"
+        return None
+
+    def identity_locked(self) -> bool:
+        """Whether the Stripe customer id and OpenMeter subject are fixed (see reported_under)."""
+        return self.reported_under() is not None
+
+    @staticmethod
+    def identity_lock_message(stripe_customer_id: str) -> str:
+        """What to tell someone who tries to change a locked identity, and what to do instead."""
+        return (
+            f"This customer has usage reported to Stripe under {stripe_customer_id}; its Stripe "
+            "customer and OpenMeter subject cannot change. Create a new customer for the new id "
+            "and deactivate this one."
+        )
+
 
 class Interval(models.TextChoices):
     DAY = "day", "Daily"
@@ -210,8 +249,9 @@ class PriceMapping(StripeSynced):
 class ArchivedPrice(models.Model):
     """A Stripe price replaced when the amount changed (Stripe prices are immutable)."""
 
+    # PROTECT: deleting a price must never delete its price history.
     price_mapping = models.ForeignKey(
-        PriceMapping, on_delete=models.CASCADE, related_name="archived_prices"
+        PriceMapping, on_delete=models.PROTECT, related_name="archived_prices"
     )
     stripe_price_id = models.CharField(max_length=100, unique=True)
     unit_amount_decimal = models.DecimalField(max_digits=24, decimal_places=12)
@@ -224,6 +264,10 @@ class ArchivedPrice(models.Model):
 
     def __str__(self) -> str:
         return self.stripe_price_id
+
+
+# Stripe subscription statuses after which nothing more is billed.
+ENDED_SUBSCRIPTION = frozenset({"canceled", "incomplete_expired"})
 
 
 class Subscription(StripeSynced):
@@ -248,6 +292,11 @@ class Subscription(StripeSynced):
         return f"Subscription of {self.customer.name}" + (
             f" ({self.stripe_subscription_id})" if self.stripe_subscription_id else ""
         )
+
+    @property
+    def active_in_stripe(self) -> bool:
+        """Whether Stripe may still bill it: it exists there and has not ended (canceled)."""
+        return bool(self.stripe_subscription_id) and self.status not in ENDED_SUBSCRIPTION
 
 
 class Trigger(models.TextChoices):

@@ -1,5 +1,5 @@
-"""Keep the hourly schedule in place after every `migrate`. (Stripe sync is explicit: see
-billing.integrations.stripe_sync.sync_after_commit.)"""
+"""Keep the hourly schedule and the two finance groups in place after every `migrate`. (Stripe
+sync is explicit: see billing.integrations.stripe_sync.sync_after_commit.)"""
 
 from typing import Any
 
@@ -14,3 +14,14 @@ def _ensure_schedule(sender: Any, apps: Any = None, **kwargs: Any) -> None:
     from billing.schedule import ensure_report_schedule
 
     ensure_report_schedule()
+
+
+@receiver(post_migrate, dispatch_uid="meterbridge-roles")
+def _ensure_roles(sender: Any, using: str = "default", **kwargs: Any) -> None:
+    """The Finance viewer and Finance operator groups (billing.roles), with their permissions:
+    ensure_roles creates the permissions it grants first, whatever order post_migrate runs in."""
+    if getattr(sender, "name", None) != "billing":
+        return
+    from billing.roles import ensure_roles
+
+    ensure_roles(using=using)

@@ -3,9 +3,11 @@
 Every variable in DESIGN.md's configuration table is read here with its documented default.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -25,13 +27,17 @@ else:
     ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # Django's admin with project.auth.MeterbridgeAdminSite as admin.site (optional TOTP).
+    "project.apps.MeterbridgeAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_q",
+    "axes",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "billing",
 ]
 
@@ -41,8 +47,11 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
@@ -88,14 +97,49 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 
 LOGIN_URL = "admin:login"
 
+# --- Login guard rails ----------------------------------------------------------------------
+AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out username+IP before any password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# django-axes: after AXES_FAILURE_LIMIT wrong passwords for one username from one IP address,
+# that combination is locked out for AXES_COOLOFF_MINUTES (0: until an administrator runs
+# `manage.py axes_reset_username USER`). A successful login clears the count. Behind a reverse
+# proxy every client has the proxy's address, so the lockout is then in effect per username.
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+_axes_cooloff_minutes = env.float("AXES_COOLOFF_MINUTES", default=60)
+AXES_COOLOFF_TIME = timedelta(minutes=_axes_cooloff_minutes) if _axes_cooloff_minutes else None
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_LOCKOUT_CALLABLE = "project.auth.lockout_response"
+
+# django-otp: with ADMIN_REQUIRE_2FA on, staff need a TOTP device (`manage.py enroll_totp USER`)
+# and sign in to the admin with username, password and the authenticator app's 6-digit code.
+ADMIN_REQUIRE_2FA = env.bool("ADMIN_REQUIRE_2FA", default=False)
+OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="Meterbridge")
+
+# Trusted only when set: a client could otherwise claim HTTPS with its own X-Forwarded-Proto.
+# Set it ("HTTP_X_FORWARDED_PROTO,https") only behind a proxy that overwrites that header.
+_proxy_ssl_header = env.list("SECURE_PROXY_SSL_HEADER", default=[])
+if _proxy_ssl_header:
+    if len(_proxy_ssl_header) != 2:
+        raise ImproperlyConfigured(
+            "SECURE_PROXY_SSL_HEADER must be 'HEADER,value', e.g. 'HTTP_X_FORWARDED_PROTO,https'"
+        )
+    SECURE_PROXY_SSL_HEADER = (_proxy_ssl_header[0], _proxy_ssl_header[1])
+
 if not DEBUG:
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
+    # Behind a proxy that terminates TLS, also set SECURE_PROXY_SSL_HEADER (above): without it
+    # every request looks like plain HTTP and is redirected forever. SECURE_SSL_REDIRECT=false
+    # when the proxy itself redirects HTTP to HTTPS.
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
     SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_CONTENT_TYPE_NOSNIFF = True
 
 # --- Stripe -------------------------------------------------------------------------------
@@ -145,9 +189,16 @@ else:
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    # Secrets are masked in messages, tracebacks and stacks: by the filter on the record, and by
+    # the formatter on the text it writes.
     "filters": {"redact": {"()": "billing.redaction.RedactSecretsFilter"}},
+    "formatters": {"redacted": {"class": "billing.redaction.RedactingFormatter"}},
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "filters": ["redact"]},
+        "console": {
+            "class": "logging.StreamHandler",
+            "filters": ["redact"],
+            "formatter": "redacted",
+        },
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {

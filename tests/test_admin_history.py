@@ -234,6 +234,39 @@ def test_csv_export_streams_the_filtered_list(reported, admin_client):
     assert first["run"] == str(run.pk)
 
 
+def test_the_history_says_who_asked_and_why(
+    fake_stripe, fake_openmeter, now, frozen, admin_client, admin_user
+):
+    meter = synced_meter(fake_openmeter)
+    synced_customers(["acme"])
+    Usage(fake_openmeter).add(meter, "acme", hours_ago(now, 2), 4)
+    reason = "=Usage corrected in OpenMeter, ticket FIN-42 " + "x" * 100
+    run = reporting.report_usage(
+        trigger=Trigger.ADMIN,
+        start=hours_ago(now, 3),
+        end=hours_ago(now, 0),
+        requested_by=admin_user,
+        reason=reason,
+        now=now,
+    )
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert ReportRun.objects.get(pk=run.pk).reason == reason
+    run_list = admin_client.get(RUNS).content.decode()
+    assert "by admin" in run_list and "=Usage corrected in OpenMeter, ticket FIN-42" in run_list
+    assert f"“{reason}”" not in run_list and "x…”" in run_list  # shortened in the list...
+    assert reason in admin_client.get(f"{RUNS}{run.pk}/change/").content.decode()  # ...not here
+    assert admin_client.get(RUNS, {"q": "FIN-42"}).context["cl"].result_count == 1
+    log = ReportLog.objects.get(run=run)
+    log_list = admin_client.get(LOGS).content.decode()
+    assert "admin: <span" in log_list and "ticket FIN-42" in log_list
+    log_page = admin_client.get(f"{LOGS}{log.pk}/change/").content.decode()
+    assert reason in log_page and "Requested by" in log_page
+    response = admin_client.get(f"{LOGS}export.csv")
+    [row] = csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode()))
+    assert row["requested_by"] == "admin"
+    assert row["run_reason"] == "'" + reason  # what a spreadsheet would run is kept as text
+
+
 def test_csv_export_reads_in_chunks(admin_client, fake_stripe, fake_openmeter, monkeypatch):
     from billing import csv_export
 

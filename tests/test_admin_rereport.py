@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.contrib.admin.models import LogEntry
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.test import Client
@@ -36,6 +37,7 @@ CUSTOMERS = "/admin/billing/customer/"
 METERS = "/admin/billing/meter/"
 RUNS = "/admin/billing/reportrun/"
 EVENTS = "/v1/billing/meter_events"
+REASON = "OpenMeter usage corrected (ticket FIN-42)"
 
 
 @pytest.fixture
@@ -83,6 +85,7 @@ def preview_post(
         "preset": "custom",
         "start": utc_input(start),
         "end": utc_input(end),
+        "reason": REASON,
         **extra,
     }
     return client.post(url, data)
@@ -145,6 +148,9 @@ def test_preview_sends_nothing_and_report_sends_exactly_the_previewed_numbers(
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert not run.dry_run and run.trigger == Trigger.ADMIN
     assert run.requested_by.username == "finance"
+    assert run.reason == preview.run.reason == REASON  # the why, on the preview and the run
+    [entry] = LogEntry.objects.filter(object_id=str(run.pk), user__username="finance")
+    assert entry.is_addition() and REASON in entry.change_message
     assert (run.period_start, run.period_end) == (start, end)
     # What the preview showed is what was sent, window by window.
     columns = ("meter_id", "customer_id", "window_start", "quantity", "previous_quantity")
@@ -253,9 +259,48 @@ def test_custom_period_needs_both_ends(setup, finance, frozen):
             "step": "preview",
             "preset": "custom",
             "start": utc_input(hours_ago(frozen, 3)),
+            "reason": REASON,
         },
     )
     assert "Give both the start and the end" in form_errors(response)
+
+
+@pytest.mark.parametrize("reason", [None, "", "   "])
+def test_a_re_report_without_a_reason_is_refused_and_starts_nothing(
+    setup, finance, fake_stripe, frozen, reason
+):
+    _, customers, _ = setup
+    data = {
+        "action": "rereport_usage",
+        "_selected_action": [str(customers[0].pk)],
+        "step": "preview",
+        "preset": "custom",
+        "start": utc_input(hours_ago(frozen, 3)),
+        "end": utc_input(hours_ago(frozen, 0)),
+    }
+    if reason is not None:
+        data["reason"] = reason
+    response = finance.post(CUSTOMERS, data)
+    assert response.status_code == 200
+    message = "Give the reason for this re-report"
+    assert message in " ".join(response.context["form"].errors["reason"])
+    assert message.encode() in response.content
+    assert response.context["preview"] is None
+    assert not ReportRun.objects.exists()
+    assert fake_stripe.count("POST", EVENTS) == 0
+
+
+def test_a_preview_without_a_reason_cannot_be_confirmed(setup, finance, frozen):
+    _, customers, _ = setup
+    pks = [customers[0].pk]
+    response = preview_post(
+        finance, CUSTOMERS, pks, start=hours_ago(frozen, 3), end=hours_ago(frozen, 0)
+    )
+    preview_run = response.context["preview"].run
+    ReportRun.objects.filter(pk=preview_run.pk).update(reason="")  # e.g. made before the rule
+    refused = confirm_post(finance, CUSTOMERS, pks, preview_run.pk)
+    assert "Say why this period is reported again" in " ".join(refused.context["errors"])
+    assert not ReportRun.objects.filter(dry_run=False).exists()
 
 
 def test_inactive_and_unsynced_are_listed_and_left_out(
@@ -367,7 +412,9 @@ def test_report_this_period_again_from_a_run(
     assert page.context["post_url"] == RUNS
     usage.add(meter, "acme", hours_ago(frozen, 2), 1)
     hidden = dict(page.context["hidden"])
-    response = finance.post(RUNS, {**hidden, "step": "preview", "preset": "run"})
+    response = finance.post(
+        RUNS, {**hidden, "step": "preview", "preset": "run", "reason": "late usage"}
+    )
     preview = response.context["preview"]
     assert preview.run.customer_subjects == ["acme"]
     assert (preview.run.period_start, preview.run.period_end) == (run.period_start, run.period_end)
@@ -375,6 +422,7 @@ def test_report_this_period_again_from_a_run(
     with django_capture_on_commit_callbacks(execute=True):
         done = finance.post(RUNS, {**hidden, "step": "confirm", "preview": preview.run.pk})
     assert done.status_code == 302
+    assert ReportRun.objects.filter(dry_run=False).latest("pk").reason == "late usage"
     assert billed(fake_stripe, meter)[
         (acme.stripe_customer_id, int(hours_ago(frozen, 2).timestamp()))
     ] == Decimal("3.25")

@@ -109,6 +109,7 @@ def test_finance_rereports_usage_end_to_end(live_server, browser_page, fake_stri
     page.click('button[name="index"]')
     page.wait_for_selector("#rereport-form")
     page.check('input[name="preset"][value="last_24_hours"]')
+    page.fill("#id_reason", "Usage corrected in OpenMeter")
     page.click("#preview-button")
     page.wait_for_selector("#preview")
     assert page.inner_text("#preview-changed") == "4"
@@ -129,6 +130,7 @@ def test_finance_rereports_usage_end_to_end(live_server, browser_page, fake_stri
     page.screenshot(path=str(ARTIFACTS / "report-run.png"), full_page=True)
     run = ReportRun.objects.get(dry_run=False)
     assert run.requested_by.username == "finance" and run.trigger == Trigger.ADMIN
+    assert run.reason == "Usage corrected in OpenMeter"
     sent = sorted(ReportLog.objects.filter(run=run).values_list("quantity", flat=True))
     assert sent == new_values  # what the preview showed is what was sent
     assert billed(fake_stripe, meter) == usage.windows(meter, [customer])

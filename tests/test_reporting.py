@@ -148,8 +148,18 @@ def test_permanent_failure_is_recorded_and_retried_next_run(setup, fake_stripe, 
     assert billed(fake_stripe, meter) == usage.windows(meter, customers)
 
 
-def test_rate_limit_should_retry_false_is_not_retried(setup, fake_stripe, now):
-    fake_stripe.rate_limit_next(1, should_retry=False, path_prefix=EVENTS)
+def test_rate_limit_should_retry_false_is_still_retried(setup, fake_stripe, now):
+    """A 429 was not processed: `Stripe-Should-Retry: false` only means "not at once"."""
+    meter, customers, usage = setup
+    fake_stripe.rate_limit_next(3, should_retry=False, path_prefix=EVENTS)
+    result = run(now)
+    assert result.status == RunStatus.SUCCEEDED, result.error
+    assert result.events_failed == 0 and result.rate_limited == 3
+    assert billed(fake_stripe, meter) == usage.windows(meter, customers)
+
+
+def test_other_client_errors_are_final(setup, fake_stripe, now):
+    fake_stripe.fail_next(1, status=400, path_prefix=EVENTS)
     result = run(now)
     assert result.events_failed == 1
     assert result.status == RunStatus.PARTIAL
@@ -384,11 +394,11 @@ def test_v2_stream_renews_a_session_stripe_says_expired(setup, fake_stripe, now,
             identifier=f"test-{value}",
         )
 
-    assert all(r.delivered for r in sender.send([event(1)], run_tag="a"))
+    assert all(r.delivered for r in sender.send([event(1)]))
     real_clock = fake_stripe.clock
     fake_stripe.clock = lambda: real_clock() + 16 * 60  # the token's 15 minutes are over
     try:
-        results = list(sender.send([event(2)], run_tag="b"))
+        results = list(sender.send([event(2)]))
     finally:
         fake_stripe.clock = real_clock
     assert [r.delivered for r in results] == [True], results

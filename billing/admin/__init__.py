@@ -12,10 +12,11 @@ Where things are:
 - `views`: the re-report page (period, preview, confirmation), reached from customers, meters
   and runs.
 - `forms`: the meter form's OpenMeter check and the re-report period form.
+- `queue`: django-q2's admins again, read-only for everyone but superusers.
 
 Importing this package registers the admins (Django's autodiscovery imports it).
 """
 
-from billing.admin import catalog, history
+from billing.admin import catalog, history, queue
 
-__all__ = ["catalog", "history"]
+__all__ = ["catalog", "history", "queue"]

@@ -4,11 +4,16 @@ the permission behind re-reporting."""
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.actions import delete_selected
+from django.contrib.admin.utils import unquote
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
 from django.utils.html import format_html
 
+from billing.admin.dates import BoundedDateChangeList
 from billing.admin.forms import WarningModelForm
 from billing.admin.generic import ModelAdmin, ModelForm
 from billing.admin.views import action_fields, rereport_page
@@ -35,10 +40,14 @@ def stripe_link(object_id: str, path: str) -> str:
 
 
 class BillingAdmin(ModelAdmin):
-    """Every billing admin page loads the app's stylesheet (status colours, layout)."""
+    """Every billing admin page loads the app's stylesheet (status colours, layout), and reads
+    its date hierarchy's parameters safely (billing/admin/dates.py)."""
 
     class Media:
         css = {"all": ["billing/admin.css"]}
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return BoundedDateChangeList
 
 
 class StripeSyncedAdmin(BillingAdmin):
@@ -62,15 +71,17 @@ class StripeSyncedAdmin(BillingAdmin):
     def stripe_id(self, obj: StripeSynced) -> str:
         return stripe_link(obj.stripe_id, self.stripe_path)
 
-    @admin.action(description="Sync to Stripe")
+    @admin.action(description="Sync to Stripe", permissions=["change"])
     def sync_to_stripe(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         ok = failed = 0
         for obj in queryset:
             outcome = stripe_sync.sync_object(obj)
             if outcome:
                 ok += 1
+                self.log_change(request, obj, "Synced to Stripe.")
             else:
                 failed += 1
+                self.log_change(request, obj, f"Synced to Stripe: failed: {outcome.error}")
                 self.message_user(request, f"{obj}: {outcome.error}", messages.WARNING)
         self.message_user(request, f"{ok} synced, {failed} failed.", messages.INFO)
 
@@ -98,6 +109,61 @@ class StripeSyncedAdmin(BillingAdmin):
                 )
 
         stripe_sync.sync_after_commit(form.instance, then=report)
+
+
+class GuardedDeleteAdmin(BillingAdmin):
+    """Rows that must not be deleted while `delete_refusal` gives a reason: their delete page and
+    link are refused, and the bulk "Delete selected" action deletes none of a selection that
+    holds one, saying why and what to do instead."""
+
+    def delete_refusal(self, obj: Any) -> str | None:
+        """Why this row cannot be deleted now, or None."""
+        return None
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None and self.delete_refusal(obj) is not None:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def get_actions(self, request: HttpRequest) -> Any:
+        actions = super().get_actions(request)
+        django_delete = actions.get("delete_selected")  # only offered with the delete permission
+        if django_delete is not None:
+            _, name, description = django_delete
+            actions["delete_selected"] = (type(self).delete_guarded, name, description)
+        return actions
+
+    def delete_guarded(self, request: HttpRequest, queryset: QuerySet[Any]) -> Any:
+        """Django's "Delete selected" (confirmation page, then the deletion), for a selection
+        with no row `delete_refusal` keeps; run again on the confirmation's post."""
+        refused = [(obj, reason) for obj in queryset if (reason := self.delete_refusal(obj))]
+        if refused:
+            for obj, reason in refused[:10]:
+                self.message_user(request, f"{obj}: {reason}", messages.ERROR)
+            self.message_user(
+                request,
+                f"Nothing deleted: {len(refused)} of the selected rows cannot be deleted.",
+                messages.ERROR,
+            )
+            return None
+        return delete_selected(self, request, queryset)
+
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: Any = None
+    ) -> HttpResponse:
+        obj = self.get_object(request, unquote(object_id))
+        reason = self.delete_refusal(obj) if obj is not None else None
+        if (
+            obj is not None
+            and reason is not None
+            and self.has_view_or_change_permission(request, obj)
+        ):
+            self.message_user(request, f"{obj} cannot be deleted: {reason}", messages.ERROR)
+            opts = self.model._meta
+            return HttpResponseRedirect(
+                reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])
+            )
+        return super().delete_view(request, object_id, extra_context)
 
 
 class ReadOnlyAdmin(BillingAdmin):

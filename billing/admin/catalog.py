@@ -8,7 +8,12 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 
 from billing import charts, clock
-from billing.admin.base import BillingAdmin, RereportActionMixin, StripeSyncedAdmin
+from billing.admin.base import (
+    BillingAdmin,
+    GuardedDeleteAdmin,
+    RereportActionMixin,
+    StripeSyncedAdmin,
+)
 from billing.admin.forms import MeterForm
 from billing.admin.generic import TabularInline
 from billing.integrations import stripe_sync
@@ -113,7 +118,7 @@ class ArchivedPriceInline(TabularInline):
 
 
 @admin.register(PriceMapping)
-class PriceMappingAdmin(StripeSyncedAdmin):
+class PriceMappingAdmin(GuardedDeleteAdmin, StripeSyncedAdmin):
     stripe_path = "prices"
     list_display = [
         "product_name",
@@ -144,9 +149,18 @@ class PriceMappingAdmin(StripeSyncedAdmin):
             fields += ["meter", "stripe_product_id"]  # a price bills one meter for good
         return fields
 
+    def delete_refusal(self, obj: PriceMapping) -> str | None:
+        """The price history is kept: a price in Stripe, or one with earlier prices, stays."""
+        if obj.stripe_price_id or obj.archived_prices.exists():
+            return (
+                "it has a Stripe price and its price history is kept. Untick “active” instead "
+                "(and move its subscriptions to another price)."
+            )
+        return None
+
 
 @admin.register(Subscription)
-class SubscriptionAdmin(StripeSyncedAdmin):
+class SubscriptionAdmin(GuardedDeleteAdmin, StripeSyncedAdmin):
     stripe_path = "subscriptions"
     list_display = [
         "__str__",
@@ -175,18 +189,28 @@ class SubscriptionAdmin(StripeSyncedAdmin):
     def on_archived_price(self, obj: Subscription) -> bool:
         return ArchivedPrice.objects.filter(stripe_price_id__in=list(obj.stripe_items)).exists()
 
-    @admin.action(description="Cancel in Stripe")
+    def delete_refusal(self, obj: Subscription) -> str | None:
+        if obj.active_in_stripe:
+            return (
+                "it is still active in Stripe, which would go on billing it. "
+                "Use “Cancel in Stripe” first; a canceled subscription can be deleted."
+            )
+        return None
+
+    @admin.action(description="Cancel in Stripe", permissions=["change"])
     def cancel_in_stripe(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:
         for sub in queryset:
             Subscription.objects.filter(pk=sub.pk).update(cancel_requested=True)
             sub.cancel_requested = True
             outcome = stripe_sync.sync_object(sub)
             if outcome:
+                self.log_change(request, sub, "Canceled in Stripe.")
                 self.message_user(request, f"{sub}: canceled in Stripe.", messages.SUCCESS)
             else:
+                self.log_change(request, sub, f"Cancel in Stripe: failed: {outcome.error}")
                 self.message_user(request, f"{sub}: {outcome.error}", messages.WARNING)
 
-    @admin.action(description="Move to the current prices")
+    @admin.action(description="Move to the current prices", permissions=["change"])
     def move_to_current_prices(
         self, request: HttpRequest, queryset: QuerySet[Subscription]
     ) -> None:
@@ -194,6 +218,9 @@ class SubscriptionAdmin(StripeSyncedAdmin):
             try:
                 moved = stripe_sync.move_to_current_prices(sub)
             except Exception as exc:
-                self.message_user(request, f"{sub}: {describe(exc)}", messages.WARNING)
+                error = describe(exc)
+                self.log_change(request, sub, f"Move to the current prices: failed: {error}")
+                self.message_user(request, f"{sub}: {error}", messages.WARNING)
             else:
+                self.log_change(request, sub, f"Moved {moved} item(s) to the current prices.")
                 self.message_user(request, f"{sub}: {moved} item(s) moved to the current price.")

@@ -13,6 +13,7 @@ from billing.formatting import utc_minute
 from billing.integrations.openmeter import OpenMeterClient, OpenMeterError, OpenMeterNotFound
 from billing.models import Meter
 from billing.reporting import ReportInputError, validate_period
+from billing.reporting.periods import reportable_range
 from billing.reporting.presets import CUSTOM, Preset
 
 
@@ -67,11 +68,20 @@ class UTCDateTimeField(forms.DateTimeField):
     def to_python(self, value: Any) -> datetime | None:
         with timezone.override(UTC):
             result = super().to_python(value)
-        return result.astimezone(UTC) if result is not None else None
+        try:
+            return result.astimezone(UTC) if result is not None else None
+        except OverflowError:  # an offset pushing it off the calendar (year 1 or 9999)
+            raise ValidationError(
+                f"This date-time is outside the range Meterbridge reports ({reportable_range()}).",
+                code="out_of_range",
+            ) from None
 
     def prepare_value(self, value: Any) -> Any:
         if isinstance(value, datetime):
-            return value.astimezone(UTC).replace(tzinfo=None)
+            try:
+                return value.astimezone(UTC).replace(tzinfo=None)
+            except OverflowError:
+                return value.replace(tzinfo=None)
         return value
 
 
@@ -97,11 +107,23 @@ def preset_label(preset: Preset) -> str:
 
 
 class RereportForm(forms.Form):
-    """The period of a re-report: a preset or a custom [from, to) in UTC on window boundaries."""
+    """The period of a re-report (a preset or a custom [from, to) in UTC on window boundaries)
+    and why it is reported again: the reason is required and kept on the run."""
 
     preset = forms.ChoiceField(label="Period")
     start = UTCDateTimeField(label="From (UTC)", required=False)
     end = UTCDateTimeField(label="To (UTC, not included)", required=False)
+    reason = forms.CharField(
+        label="Reason",
+        max_length=1000,
+        widget=forms.Textarea(attrs={"rows": 2, "cols": 80}),
+        help_text="Why this period is reported again (a correction in OpenMeter, a ticket…). "
+        "Kept on the run, in the report log and its CSV export.",
+        error_messages={
+            "required": "Give the reason for this re-report: it is kept on the run, in the "
+            "report log and its CSV export."
+        },
+    )
 
     def __init__(
         self,

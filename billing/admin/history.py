@@ -16,6 +16,7 @@ from django.shortcuts import get_object_or_404
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
+from django.utils.text import Truncator
 
 from billing import clock
 from billing.admin.base import ReadOnlyAdmin, RereportPermissionMixin
@@ -28,6 +29,7 @@ from billing.models import Customer, LogStatus, ReportLog, ReportRun, RunStatus
 from billing.reporting.selection import select_like_run
 
 RUN_PAGE_LOGS = 50  # the run page lists its first rows; the report log has them all
+REASON_SHOWN = 80  # characters of a run's reason in the lists; its page shows all of it
 DRY_RUN_NOTE = mark_safe("<br><small>dry run: nothing sent</small>")
 
 
@@ -66,13 +68,14 @@ class ReportRunAdmin(RereportPermissionMixin, ReadOnlyAdmin):
     ]
     list_filter = ["status", "trigger", "dry_run"]
     list_select_related = ["requested_by"]
-    search_fields = ["requested_by__username", "error"]
+    search_fields = ["requested_by__username", "reason", "error"]
     date_hierarchy = "started_at"
     actions = ["report_again"]
     rereport_actions = ("report_again",)
     fields = readonly_fields = (
         "trigger",
         "requested_by",
+        "reason",
         "dry_run",
         "period",
         "selection",
@@ -90,11 +93,18 @@ class ReportRunAdmin(RereportPermissionMixin, ReadOnlyAdmin):
 
     @admin.display(description="Trigger", ordering="trigger")
     def trigger_and_requester(self, obj: ReportRun) -> str:
-        if obj.requested_by is None:
-            return obj.get_trigger_display()
-        return format_html(
-            "{}<br><small>by {}</small>", obj.get_trigger_display(), obj.requested_by
-        )
+        """Who asked, and why (the reason of a re-report, shortened: the run's page has it)."""
+        text = obj.get_trigger_display()
+        if obj.requested_by is not None:
+            text = format_html("{}<br><small>by {}</small>", text, obj.requested_by)
+        if obj.reason:
+            text = format_html(
+                '{}<br><small class="mb-reason" title="{}">“{}”</small>',
+                text,
+                obj.reason,
+                Truncator(obj.reason).chars(REASON_SHOWN),
+            )
+        return text
 
     @admin.display(description="Period (UTC)", ordering="period_start")
     def period(self, obj: ReportRun) -> str:
@@ -238,7 +248,7 @@ class ReportLogAdmin(ReadOnlyAdmin):
         "status_text",
     ]  # the identifier is on each row's page, in the CSV, and searchable
     list_filter = ["status", "meter", "customer", ("created_at", admin.DateFieldListFilter)]
-    list_select_related = ["meter", "customer"]
+    list_select_related = ["meter", "customer", "run", "run__requested_by"]
     date_hierarchy = "created_at"
     # Searching is done by get_search_results, on indexed columns; this only shows the box.
     search_fields = ["identifier"]
@@ -256,6 +266,8 @@ class ReportLogAdmin(ReadOnlyAdmin):
     sortable_by = ["logged_at", "run_link"]
     fields = readonly_fields = (
         "run",
+        "run_requested_by",
+        "run_reason",
         "meter",
         "customer_link",
         "window_start",
@@ -279,7 +291,28 @@ class ReportLogAdmin(ReadOnlyAdmin):
 
     @admin.display(description="Run", ordering="run_id")
     def run_link(self, obj: ReportLog) -> str:
-        return format_html('<a href="?run__id__exact={}">#{}</a>', obj.run_id, obj.run_id)
+        """The run, who asked for it and why: the history says who, why and what."""
+        run = obj.run
+        link = format_html('<a href="?run__id__exact={}">#{}</a>', obj.run_id, obj.run_id)
+        who = run.requested_by.get_username() if run.requested_by else run.get_trigger_display()
+        if not run.reason:
+            return format_html("{}<br><small>{}</small>", link, who)
+        return format_html(
+            '{}<br><small>{}: <span class="mb-reason" title="{}">“{}”</span></small>',
+            link,
+            who,
+            run.reason,
+            Truncator(run.reason).chars(REASON_SHOWN),
+        )
+
+    @admin.display(description="Requested by")
+    def run_requested_by(self, obj: ReportLog) -> str:
+        run = obj.run
+        return str(run.requested_by) if run.requested_by else f"— ({run.get_trigger_display()})"
+
+    @admin.display(description="Reason of the run")
+    def run_reason(self, obj: ReportLog) -> str:
+        return obj.run.reason or "—"
 
     @admin.display(description="Customer")
     def customer_link(self, obj: ReportLog) -> str:

@@ -74,7 +74,12 @@ def rereport_page(
         start, end = form.cleaned_data["period"]
         try:
             shown = preview(
-                selection=selection, start=start, end=end, requested_by=request.user, now=now
+                selection=selection,
+                start=start,
+                end=end,
+                requested_by=request.user,
+                reason=form.cleaned_data["reason"],
+                now=now,
             )
         except ReportInputError as exc:
             errors.append(str(exc))
@@ -101,6 +106,9 @@ def _started(
     """Say the run started, and go to its page (or back to the list, without the right to see
     runs)."""
     message = f"Run #{run.pk} is reporting {windows_text(run)} to Stripe."
+    model_admin.log_addition(
+        request, run, f"Re-report of {windows_text(run)} queued. Reason: {run.reason}"
+    )
     if not request.user.has_perm("billing.view_reportrun"):
         model_admin.message_user(request, message, messages.SUCCESS)
         return HttpResponseRedirect(post_url)

@@ -38,7 +38,13 @@ V2_BATCH_SIZE = 100
 # events so that memory stays bounded whatever the rate.
 LOOKAHEAD_SECONDS = 10.0
 MAX_PENDING_EVENTS = 10_000
-RATE_LIMITED_PAUSE = 0.1  # seconds every sender waits after a 429
+RATE_LIMITED_PAUSE = 0.1  # seconds every sender waits after a 429 without Retry-After
+MAX_RETRY_AFTER_PAUSE = 30.0  # seconds: the longest Retry-After the whole process honours
+# A 429 is not a failure of the event: Stripe did not process it. Rate-limited tries do not use
+# up STRIPE_SEND_MAX_ATTEMPTS; they have their own budget, in time from the event's first 429,
+# long enough to outlast any storm the adaptive bucket (ratelimit.py) has not already calmed.
+RATE_LIMIT_BUDGET_SECONDS = 300.0
+RATE_LIMIT_MAX_DELAY = 10.0  # seconds: the longest backoff between two rate-limited tries
 T = TypeVar("T")
 
 
@@ -73,6 +79,7 @@ class _Base:
         max_attempts: int | None = None,
         backoff: float | None = None,
         concurrency: int | None = None,
+        rate_limit_budget: float = RATE_LIMIT_BUDGET_SECONDS,
     ) -> None:
         self.rate = rate or settings.STRIPE_MAX_REQUESTS_PER_SECOND
         self.bucket = TokenBucket.shared(self.rate)  # one budget for the whole process
@@ -80,14 +87,23 @@ class _Base:
         self.backoff = settings.STRIPE_RETRY_BACKOFF_SECONDS if backoff is None else backoff
         self.concurrency = concurrency or settings.STRIPE_SEND_CONCURRENCY
         self.client = get_client(max_network_retries=0)  # retries go through the bucket
+        self.rate_limit_budget = rate_limit_budget
         self.requests = 0
+        self.rate_limited = 0  # 429s answered to this sender (waited out or not)
         self._count_lock = threading.Lock()
 
     def _call(self, func: Callable[[], T]) -> T:
-        """Call Stripe through the bucket, retrying what can be retried. Raises the last error."""
-        attempt = 0
+        """Call Stripe through the bucket, retrying what can be retried. Raises the last error.
+
+        5xx, 409 and connection errors: up to `max_attempts` tries, exponential backoff. 429s:
+        retried with exponential backoff and jitter (at least Retry-After) until
+        `rate_limit_budget` seconds after the first one, without using up those tries; each
+        also slows the whole process (bucket.throttle, bucket.pause).
+        """
+        failures = 0  # tries that failed for a reason other than a rate limit
+        limited = 0
+        limited_since = 0.0
         while True:
-            attempt += 1
             self.bucket.acquire()
             with self._count_lock:
                 self.requests += 1
@@ -95,14 +111,33 @@ class _Base:
                 return func()
             except stripe.StripeError as exc:
                 retry = retryable(exc)
-                if retry is None or attempt >= self.max_attempts:
+                if retry is None:
                     raise
-                delay = retry.retry_after or min(30.0, self.backoff * 2 ** (attempt - 1))
-                if exc.http_status == 429:
-                    # Too fast for Stripe: hold every sender of the process back a little, not
-                    # only this one, or the others run into the same limit.
-                    self.bucket.pause(min(delay, RATE_LIMITED_PAUSE))
-                time.sleep(delay * (0.5 + random.random()))  # jitter spreads a 429 storm
+                if retry.rate_limited:
+                    with self._count_lock:
+                        self.rate_limited += 1
+                    limited += 1
+                    if limited == 1:
+                        limited_since = time.monotonic()
+                    elif time.monotonic() - limited_since >= self.rate_limit_budget:
+                        raise
+                    # Too fast for Stripe: slow every sender of the process, not only this one,
+                    # or the others run into the same limit.
+                    self.bucket.throttle()
+                    backoff = min(RATE_LIMIT_MAX_DELAY, self.backoff * 2 ** min(limited - 1, 16))
+                    if retry.retry_after is not None:
+                        wait = min(retry.retry_after, MAX_RETRY_AFTER_PAUSE)
+                        self.bucket.pause(wait)
+                        time.sleep(wait + backoff * random.random())  # never before Retry-After
+                    else:
+                        self.bucket.pause(min(backoff, RATE_LIMITED_PAUSE))
+                        time.sleep(backoff * (0.5 + random.random()))  # jitter spreads a storm
+                    continue
+                failures += 1
+                if failures >= self.max_attempts:
+                    raise
+                delay = retry.retry_after or min(30.0, self.backoff * 2 ** (failures - 1))
+                time.sleep(delay * (0.5 + random.random()))
 
     def _run_concurrently(
         self, jobs: Iterable[Any], work: Callable[[Any], list[SendResult]]
@@ -165,22 +200,22 @@ class _Base:
 class V1Sender(_Base):
     """One `POST /v1/billing/meter_events` per event, concurrently, at the configured rate."""
 
-    def send(self, events: Iterable[MeterEvent], *, run_tag: str) -> Iterator[SendResult]:
-        return self._run_concurrently(events, lambda event: [self._send_one(event, run_tag)])
+    def send(self, events: Iterable[MeterEvent]) -> Iterator[SendResult]:
+        return self._run_concurrently(events, lambda event: [self._send_one(event)])
 
-    def _send_one(self, event: MeterEvent, run_tag: str) -> SendResult:
+    def _send_one(self, event: MeterEvent) -> SendResult:
         params = {
             "event_name": event.event_name,
             "payload": event.payload(),
             "timestamp": int(event.timestamp.timestamp()),
             "identifier": event.identifier,
         }
-        # One idempotency key per event and run: the library's automatic key would change on
-        # each of our own retries.
-        options: dict[str, Any] = {"idempotency_key": f"{event.identifier}-{run_tag}"}
+        # Each try gets the library's fresh idempotency key: Stripe replays a stored answer for a
+        # reused key, a 500 included, so one key for all tries could never succeed. Sending the
+        # event twice is safe anyway: its identifier makes Stripe refuse the second copy.
         try:
             created = self._call(
-                lambda: self.client.v1.billing.meter_events.create(params, options=options)  # type: ignore[arg-type]
+                lambda: self.client.v1.billing.meter_events.create(params)  # type: ignore[arg-type]
             )
         except stripe.StripeError as exc:
             if is_duplicate(exc):
@@ -216,7 +251,7 @@ class V2StreamSender(_Base):
                 self._renew_at = time.monotonic() + max(0.0, lifetime - 60)
             return self._token
 
-    def send(self, events: Iterable[MeterEvent], *, run_tag: str) -> Iterator[SendResult]:
+    def send(self, events: Iterable[MeterEvent]) -> Iterator[SendResult]:
         return self._run_concurrently(_batches(events, V2_BATCH_SIZE), self._send_batch)
 
     def _send_batch(self, batch: list[MeterEvent]) -> list[SendResult]:

@@ -9,6 +9,13 @@ Stripe counts arrivals, not departures. Between leaving the bucket and reaching 
 delayed by a varying amount (thread scheduling, the GIL, the network), so departures spread over
 1 + J seconds can arrive within one second. The refill leaves room for J = `jitter` seconds:
 any one second of arrivals holds at most 1 + refill * (1 + J) <= rate calls.
+
+Stripe may still be slower than the configured rate (another app on the same account, a lower
+limit than configured). Then 429s come back, and the bucket adapts as TCP does (AIMD):
+`throttle()` halves the current refill, at most once a second (the requests already in flight
+come back 429 too and must not cut it again), never below THROTTLE_FLOOR of it; the refill then
+grows back linearly, to the full rate within RECOVERY_SECONDS, so a passing storm costs little
+and a lasting lower limit is found and kept close to.
 """
 
 import threading
@@ -16,6 +23,10 @@ import time
 from typing import ClassVar
 
 JITTER_ALLOWANCE = 0.03  # seconds of spread between departure and arrival the rate allows for
+THROTTLE_FACTOR = 0.5  # each throttle() keeps this share of the current refill
+THROTTLE_GAP = 1.0  # seconds: one cut per second at most (Stripe counts per second)
+THROTTLE_FLOOR = 0.05  # share of the full refill the bucket never goes below
+RECOVERY_SECONDS = 60.0  # from zero back to the full refill, growing linearly
 
 
 class TokenBucket:
@@ -28,9 +39,10 @@ class TokenBucket:
         self.limit = rate
         self.capacity = 1.0
         self.rate = (rate - self.capacity) / (1 + jitter) if rate > 2 else rate / 2
-        self._interval = 1.0 / self.rate
         self._next = time.monotonic()
         self._lock = threading.Lock()
+        self._reduced = self.rate  # the refill right after the last throttle()
+        self._throttled_at = float("-inf")
 
     @classmethod
     def shared(cls, rate: float) -> "TokenBucket":
@@ -47,7 +59,7 @@ class TokenBucket:
         with self._lock:
             now = time.monotonic()
             slot = max(now, self._next)
-            self._next = slot + self._interval
+            self._next = slot + 1.0 / self._current_rate(now)
         if slot > now:
             time.sleep(slot - now)
 
@@ -55,3 +67,27 @@ class TokenBucket:
         """Let no call out for `seconds` from now (Stripe said we were too fast)."""
         with self._lock:
             self._next = max(self._next, time.monotonic() + seconds)
+
+    def throttle(self) -> None:
+        """Stripe answered 429: lower the refill (see the module doc). Thread-safe."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._throttled_at < THROTTLE_GAP:
+                return
+            current = self._current_rate(now)
+            self._reduced = max(self.rate * THROTTLE_FLOOR, current * THROTTLE_FACTOR)
+            self._throttled_at = now
+
+    def current_rate(self) -> float:
+        """Calls per second the bucket lets out now (below `rate` for a while after a 429)."""
+        with self._lock:
+            return self._current_rate(time.monotonic())
+
+    def _current_rate(self, now: float) -> float:
+        if self._reduced >= self.rate:
+            return self.rate
+        grown = self._reduced + (now - self._throttled_at) * self.rate / RECOVERY_SECONDS
+        if grown >= self.rate:
+            self._reduced = self.rate  # recovered: back to the plain bucket
+            return self.rate
+        return grown

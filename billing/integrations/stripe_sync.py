@@ -148,6 +148,24 @@ def sync_meter(meter: Meter) -> None:
 # --- Customer ----------------------------------------------------------------------------------
 
 
+def link_refusal(remote: dict[str, Any], openmeter_subject: str) -> str | None:
+    """Why a Stripe customer (its JSON) cannot be linked to this OpenMeter subject, or None.
+
+    The one rule for the admin's link check and the first sync of a linked customer: a deleted
+    customer, or one whose metadata names another subject, is another customer's."""
+    cid = remote.get("id", "")
+    if remote.get("deleted"):
+        return f"Stripe customer {cid} was deleted."
+    subject = (remote.get("metadata") or {}).get("openmeter_subject")
+    if subject and subject != openmeter_subject:
+        return (
+            f"Stripe customer {cid} belongs to OpenMeter subject '{subject}' (its metadata "
+            f"says so), not '{openmeter_subject}': linking it would overwrite another "
+            "customer. Link the customer of that subject, or pick another Stripe customer."
+        )
+    return None
+
+
 def sync_customer(customer: Customer) -> None:
     client = get_client()
     params: dict[str, Any] = {
@@ -157,6 +175,14 @@ def sync_customer(customer: Customer) -> None:
     if customer.email:
         params["email"] = customer.email
     if customer.stripe_customer_id:
+        if customer.synced_at is None:
+            # Linked by hand and never synced: never overwrite another subject's customer.
+            problem = link_refusal(
+                client.v1.customers.retrieve(customer.stripe_customer_id).to_dict(),
+                customer.openmeter_subject,
+            )
+            if problem:
+                raise SyncRefused(problem)
         client.v1.customers.update(customer.stripe_customer_id, params)  # type: ignore[arg-type]
         return
     created = client.v1.customers.create(

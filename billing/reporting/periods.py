@@ -7,7 +7,7 @@ exactly what the person chose, which must sit on every covered meter's window bo
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.conf import settings
 
@@ -18,6 +18,30 @@ from billing.models import Meter, ReportRun, RunMode, Window
 
 class ReportInputError(ValueError):
     """The request cannot be run as given; the message says why and what would work."""
+
+
+# The moments a period may start or end at. Window arithmetic (a boundary above, the day after,
+# 35 days back) overflows at the calendar's ends (years 1 and 9999); nothing Meterbridge reports
+# lies outside these, so such input is refused first, with this range in the message.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+
+
+def reportable_range() -> str:
+    return f"{utc_iso(EARLIEST)} to {utc_iso(LATEST)}"
+
+
+def check_in_range(label: str, moment: datetime) -> None:
+    """Refuse a moment outside [EARLIEST, LATEST] before any arithmetic is done with it."""
+    try:
+        inside = EARLIEST <= moment <= LATEST
+    except OverflowError:  # an offset pushing it off the calendar
+        inside = False
+    if not inside:
+        raise ReportInputError(
+            f"The {label} {moment.isoformat()} is outside the range Meterbridge reports "
+            f"({reportable_range()})."
+        )
 
 
 @dataclass(frozen=True)
@@ -36,6 +60,8 @@ def validate_period(
     *, start: datetime, end: datetime, meters: Sequence[Meter], now: datetime
 ) -> None:
     """Refuse a period Stripe cannot take or the meters cannot be reported for, saying why."""
+    check_in_range("start", start)
+    check_in_range("end", end)
     window = coarsest_window(meters)
     closed = windows.floor(now, window)  # the still-open window starts here
     if end > closed + windows.length(window):

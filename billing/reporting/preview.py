@@ -18,6 +18,7 @@ from billing.reporting.selection import Selection
 PREVIEW_WINDOWS_SHOWN = 500  # window-by-window detail is capped; the totals cover everything
 PREVIEW_MAX_AGE = timedelta(hours=1)  # an older preview may no longer say what would be sent
 ZERO = Decimal(0)
+REASON_REQUIRED = "Say why this period is reported again: the reason is kept on the run."
 
 
 @dataclass(frozen=True)
@@ -77,11 +78,18 @@ def preview(
     start: datetime,
     end: datetime,
     requested_by: Any,
+    reason: str,
     now: datetime | None = None,
 ) -> Preview:
-    """Dry-run the period now, in this process (no Stripe call). Raises ReportInputError."""
+    """Dry-run the period now, in this process (no Stripe call). Raises ReportInputError.
+
+    `reason` (why the period is reported again) is required: it is kept on the dry run, and
+    `confirm` carries it to the real run, so the history says who, why and what."""
     if not selection.usable:
         raise ReportInputError(" ".join(selection.problems))
+    reason = reason.strip()
+    if not reason:
+        raise ReportInputError(REASON_REQUIRED)
     request = RunRequest(
         trigger=Trigger.ADMIN,
         start=start,
@@ -90,6 +98,7 @@ def preview(
         customers=selection.customers,
         dry_run=True,
         requested_by=requested_by,
+        reason=reason,
     )
     run = start_run(request, now=now)
     execute_run(run)
@@ -146,6 +155,8 @@ def confirm(*, preview_run: ReportRun, requested_by: Any, now: datetime | None =
         or preview_run.requested_by_id != getattr(requested_by, "pk", None)
     ):
         raise ReportInputError("That preview is not yours to confirm: preview again.")
+    if not preview_run.reason.strip():
+        raise ReportInputError(f"{REASON_REQUIRED} Preview again with a reason.")
     if preview_run.status != RunStatus.SUCCEEDED:
         raise ReportInputError(
             "The preview did not complete, so it does not say what would be sent: preview again."
@@ -167,6 +178,7 @@ def confirm(*, preview_run: ReportRun, requested_by: Any, now: datetime | None =
         meters=meters or None,
         customers=customers or None,
         requested_by=requested_by,
+        reason=preview_run.reason,
     )
     run = start_run(request, now=now)
     enqueue(run)

@@ -2,7 +2,6 @@
 ReportedWindow (what Stripe holds), written together in one transaction per batch."""
 
 import logging
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from datetime import datetime
@@ -57,7 +56,6 @@ class Recorder:
         self.logs: list[tuple[Any, ...]] = []  # ReportLog rows in LOG_FIELDS order, less the last
         self.states: list[tuple[Change, bool]] = []  # (change, delivered)
         self.db = Rows()
-        self.run_tag = uuid.uuid4().hex[:12]
 
     def identifier(self, change: Change) -> str:
         return make_identifier(
@@ -92,8 +90,14 @@ class Recorder:
                 if len(self.logs) >= FLUSH_EVERY:
                     self.flush()
 
-        for result in sender.send(events(), run_tag=self.run_tag):
-            self.result(result)
+        # The sender counts its 429s (thread-safely); the run shows them as they come.
+        before = self.tally.rate_limited - sender.rate_limited
+        try:
+            for result in sender.send(events()):
+                self.tally.rate_limited = before + sender.rate_limited
+                self.result(result)
+        finally:
+            self.tally.rate_limited = before + sender.rate_limited
 
     def result(self, result: SendResult) -> None:
         change: Change = result.event.key

@@ -34,6 +34,7 @@ class RunRequest:
     customers: Sequence[Customer] | None = None  # None: every active customer
     dry_run: bool = False
     requested_by: Any = None
+    reason: str = ""  # why it was asked for: required for a re-report from the admin
 
 
 def start_run(request: RunRequest, *, now: datetime | None = None) -> ReportRun:
@@ -49,6 +50,7 @@ def start_run(request: RunRequest, *, now: datetime | None = None) -> ReportRun:
     return ReportRun.objects.create(
         trigger=request.trigger,
         requested_by=request.requested_by,
+        reason=request.reason,
         mode=coverage.mode,
         period_start=coverage.start,
         period_end=coverage.end,

@@ -13,6 +13,7 @@ class Tally:
     events_sent: int = 0
     events_unchanged: int = 0
     events_failed: int = 0
+    rate_limited: int = 0  # Stripe 429s the senders waited out (or gave up on)
     unmapped: dict[str, Decimal] = field(default_factory=dict)  # subject -> usage
     errors: list[str] = field(default_factory=list)
 
@@ -26,6 +27,7 @@ class Tally:
             "events_sent": self.events_sent,
             "events_unchanged": self.events_unchanged,
             "events_failed": self.events_failed,
+            "rate_limited": self.rate_limited,
             "unmapped_subjects": len(self.unmapped),
             "unmapped_quantity": quantize(sum(self.unmapped.values(), Decimal(0))),
         }

@@ -1,6 +1,6 @@
 """Template helpers for the billing admin: numbers and times as finance staff read them."""
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date
 from typing import Any
 
 from django import template
@@ -9,6 +9,7 @@ from django.utils import formats
 from django.utils.text import capfirst
 
 from billing import formatting
+from billing.admin.dates import hierarchy_range
 
 register = template.Library()
 
@@ -36,13 +37,7 @@ def indexed_date_hierarchy(cl: ChangeList) -> dict[str, Any]:
 
     dates = cl.model._default_manager.values_list(field, flat=True)
     if year:
-        start = datetime(int(year), int(month or 1), int(day or 1), tzinfo=UTC)
-        if day:
-            end = start + timedelta(days=1)
-        elif month:
-            end = (start + timedelta(days=32)).replace(day=1)
-        else:
-            end = start.replace(year=start.year + 1)
+        start, end = hierarchy_range(year, month, day)  # the changelist checked them
         dates = dates.filter(**{f"{field}__gte": start, f"{field}__lt": end})
     first_at, last_at = dates.order_by(field).first(), dates.order_by(f"-{field}").first()
     if first_at is None or last_at is None:  # nothing here: offer the way back only

@@ -16,7 +16,8 @@ event identifiers are unique for 24 hours, event timestamps must lie within the 
 at most 5 minutes ahead, metered prices need an active meter, prices are immutable.
 
 Stripe time (``created``, the 35-day / 5-minute / 24-hour rules, session expiry) comes from
-``clock``; the ``rate_limit_per_second`` window uses the real monotonic clock.
+``clock``; the ``rate_limit_per_second`` window uses the real monotonic clock. Its 429s carry
+``Stripe-Should-Retry: <rate_limit_should_retry>`` when that is set (True or False).
 
 The endpoints live in mixins by concern: ``catalog.py`` (customers, products, prices),
 ``meters.py`` (billing meters, v1 meter events), ``subscriptions.py`` (subscriptions, items,
@@ -86,8 +87,11 @@ class FakeStripe(_Catalog, _Meters, _Subscriptions, _V2):
         self.requests: list[tuple[str, str]] = []
         self.latency: float = 0.0
         self.rate_limit_per_second: float | None = None
+        self.rate_limit_should_retry: bool | None = None
         self.down: bool = False
         self.clock: Callable[[], float] = time.time
+        self._fail_every: tuple[int, int, str] | None = None  # (n, status, path prefix)
+        self._every_seen = 0
         self._callback: Callable[[Json], None] | None = None
         self._faults: list[_Fault] = []
         self._deleted: dict[str, set[str]] = {"customer": set(), "product": set()}
@@ -146,8 +150,10 @@ class FakeStripe(_Catalog, _Meters, _Subscriptions, _V2):
             self.requests.clear()
             self.latency = 0.0
             self.rate_limit_per_second = None
+            self.rate_limit_should_retry = None
             self.down = False
             self.clock = time.time
+            self._fail_every, self._every_seen = None, 0
             self._callback = None
             self._faults.clear()
             for ids in self._deleted.values():
@@ -218,12 +224,22 @@ class FakeStripe(_Catalog, _Meters, _Subscriptions, _V2):
         """
         self._arm("rate_limit", n, 429, should_retry, path_prefix)
 
+    def fail_every(self, n: int, *, status: int = 500, path_prefix: str = "") -> None:
+        """Answer every ``n``-th request under ``path_prefix`` (counted from now, whatever its
+        answer would be) with a ``status`` Stripe error, until disarmed. ``n <= 0`` disarms."""
+        with self._lock:
+            self._fail_every = (n, status, path_prefix) if n > 0 else None
+            self._every_seen = 0
+
     def reset_faults(self) -> None:
-        """Disarm all faults and switches (latency, rate_limit_per_second, down); keep the state."""
+        """Disarm all faults and switches (latency, rate_limit_per_second, fail_every, down);
+        keep the state."""
         with self._lock:
             self._faults.clear()
             self.latency = 0.0
             self.rate_limit_per_second = None
+            self.rate_limit_should_retry = None
+            self._fail_every, self._every_seen = None, 0
             self.down = False
             self._rate_window.clear()
 
@@ -298,13 +314,20 @@ class FakeStripe(_Catalog, _Meters, _Subscriptions, _V2):
             err = self._fault_error(fault, api)
             return err.status, _dumps(err.body(api)), {**out_headers, **err.headers}
 
+        every = self._fail_every
+        if every is not None and path.startswith(every[2]):
+            self._every_seen += 1
+            if self._every_seen % every[0] == 0:
+                err = self._fault_error(_Fault("fail", 1, every[1], None, every[2]), api)
+                return err.status, _dumps(err.body(api)), {**out_headers, **err.headers}
+
         if self.rate_limit_per_second is not None:
             now = time.monotonic()
             window = self._rate_window
             while window and now - window[0] >= 1.0:
                 window.popleft()
             if len(window) >= self.rate_limit_per_second:
-                err = self._rate_limit_error(api, None)
+                err = self._rate_limit_error(api, self.rate_limit_should_retry)
                 return err.status, _dumps(err.body(api)), {**out_headers, **err.headers}
             window.append(now)
 

@@ -33,7 +33,39 @@ def test_rate_limits_and_server_errors_are_retried_with_stripes_delay():
 
 def test_bad_requests_are_final():
     assert retryable(error("No such customer", status=400)) is None
+    refused = error("No such customer", status=400, headers={"stripe-should-retry": "false"})
+    assert retryable(refused) is None
+    # Stripe knows a retry cannot succeed: final, as stripe-python reads it, for 5xx too.
     assert retryable(error("Boom", status=500, headers={"stripe-should-retry": "false"})) is None
+
+
+def test_a_rate_limit_is_retried_whatever_should_retry_says():
+    for should_retry in ("false", "true", None):
+        headers = {} if should_retry is None else {"Stripe-Should-Retry": should_retry}
+        retry = retryable(
+            stripe.RateLimitError("Too many requests", http_status=429, headers=headers)
+        )
+        assert retry is not None and retry.rate_limited and retry.retry_after is None
+    assert not retryable(error("Boom", status=500)).rate_limited  # type: ignore[union-attr]
+
+
+def test_retry_after_is_read_in_seconds_whatever_the_header_case():
+    def after(value: str) -> float | None:
+        retry = retryable(error("Slow down", status=429, headers={"Retry-After": value}))
+        assert retry is not None
+        return retry.retry_after
+
+    assert after("2") == 2.0
+    assert after("0.5") == 0.5
+    assert after("soon") is None
+    assert after("-1") is None
+    assert after("nan") is None
+    retry = retryable(error("Boom", status=503, headers={"retry-after": "3"}))
+    assert retry is not None and retry.retry_after == 3.0 and not retry.rate_limited
+
+
+def test_should_retry_true_makes_a_client_error_retryable():
+    assert retryable(error("Lock", status=400, headers={"stripe-should-retry": "true"})) is not None
 
 
 def test_descriptions_name_the_status_and_request_and_hide_keys():

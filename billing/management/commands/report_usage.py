@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from billing import reporting
 from billing.formatting import plain_decimal, utc_minute
 from billing.models import RunStatus, Trigger
+from billing.reporting.periods import reportable_range
 
 
 def parse_moment(text: str) -> datetime:
@@ -23,7 +24,12 @@ def parse_moment(text: str) -> datetime:
             f"'{text}' is not an ISO 8601 date or date-time (e.g. 2026-11-20 or "
             "2026-11-20T13:00:00Z)."
         ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:  # an offset pushing it off the calendar (year 1 or 9999)
+        raise CommandError(
+            f"'{text}' is outside the range Meterbridge reports ({reportable_range()})."
+        ) from None
 
 
 class Command(BaseCommand):
@@ -67,7 +73,8 @@ class Command(BaseCommand):
             f"Run #{run.pk} {run.status}: {utc_minute(run.period_start)} to "
             f"{utc_minute(run.period_end)} UTC; {run.windows_checked} windows checked, "
             f"{run.events_sent} {verb}, {run.events_unchanged} unchanged, "
-            f"{run.events_failed} failed; {run.unmapped_subjects} unmapped subject(s) with "
+            f"{run.events_failed} failed; {run.rate_limited} rate-limited answer(s) (429) "
+            f"waited out; {run.unmapped_subjects} unmapped subject(s) with "
             f"{plain_decimal(run.unmapped_quantity)} usage."
         )
         if run.error:
