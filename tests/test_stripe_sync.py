@@ -129,7 +129,8 @@ def test_customer_created_or_linked(staff, fake_stripe):
     assert (remote["name"], remote["email"]) == ("Acme", "ap@acme.test")
     assert remote["metadata"] == {"openmeter_subject": "acme"}
 
-    # Linking an existing Stripe customer updates it instead of creating another.
+    # Linking an existing Stripe customer updates it instead of creating another (after the
+    # overwrite is confirmed: tests/test_identity.py).
     existing = stripe_sync.get_client().v1.customers.create({"name": "Old name"})
     staff.post(
         "/admin/billing/customer/add/",
@@ -138,6 +139,7 @@ def test_customer_created_or_linked(staff, fake_stripe):
             "openmeter_subject": "globex",
             "stripe_customer_id": existing.id,
             "active": "on",
+            "confirm_overwrite": "on",
         },
     )
     globex = Customer.objects.get(openmeter_subject="globex")

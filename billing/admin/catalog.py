@@ -14,6 +14,7 @@ from billing.admin.base import (
     RereportActionMixin,
     StripeSyncedAdmin,
 )
+from billing.admin.customer_form import CustomerForm
 from billing.admin.forms import MeterForm
 from billing.admin.generic import TabularInline
 from billing.integrations import stripe_sync
@@ -81,6 +82,7 @@ class MeterAdmin(UsageChartsMixin, RereportActionMixin, StripeSyncedAdmin):
 
 @admin.register(Customer)
 class CustomerAdmin(UsageChartsMixin, RereportActionMixin, StripeSyncedAdmin):
+    form = CustomerForm
     stripe_path = "customers"
     list_display = ["name", "email", "openmeter_subject", "active", "stripe_status", "stripe_id"]
     list_filter = ["sync_status", "active"]
@@ -95,7 +97,10 @@ class CustomerAdmin(UsageChartsMixin, RereportActionMixin, StripeSyncedAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Customer | None = None) -> list[str]:
         fields = list(self.sync_readonly)
-        if obj is not None and obj.stripe_id and obj.sync_status == SyncStatus.SYNCED:
+        if obj is not None and obj.identity_locked():
+            # Usage was reported under them, whatever the last sync did (billing/models.py).
+            fields += Customer.IDENTITY_FIELDS
+        elif obj is not None and obj.stripe_id and obj.sync_status == SyncStatus.SYNCED:
             fields.append(Customer.stripe_id_field)
         return fields
 

@@ -96,8 +96,12 @@ class CustomerForm(ModelForm):
     def _check_link(self, cleaned: dict[str, Any], stripe_id: str, saved: dict[str, Any]) -> None:
         """A Stripe customer typed in by hand: check it in Stripe before anything is written."""
         subject = cleaned.get("openmeter_subject") or saved.get("openmeter_subject")
-        if not subject or "openmeter_subject" in self.errors:
+        try:  # the model's validators run after `clean`: ask Stripe only about a well-formed id
+            Customer._meta.get_field("stripe_customer_id").run_validators(stripe_id)
+        except ValidationError:
             return  # the form is invalid anyway; the next save checks the link
+        if not subject or "openmeter_subject" in self.errors:
+            return
         others = Customer.objects.filter(stripe_customer_id=stripe_id).exclude(pk=self.instance.pk)
         other = others.first()
         if other is not None:

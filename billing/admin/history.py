@@ -50,6 +50,7 @@ def run_progress(run: ReportRun) -> dict[str, Any]:
         "events_sent": run.events_sent,
         "events_unchanged": run.events_unchanged,
         "events_failed": run.events_failed,
+        "rate_limited": run.rate_limited,
         "unmapped": f"{run.unmapped_subjects} subject(s), {quantity(run.unmapped_quantity)}",
         "duration": duration_text(run),
     }
