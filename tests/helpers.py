@@ -1,11 +1,15 @@
 """Test helpers: synced meters and customers in the fake Stripe, usage in the fake OpenMeter, and
 the small functions several test modules share."""
 
+import json
 import os
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +17,7 @@ import pytest
 from billing.integrations import stripe_sync
 from billing.models import Customer, Meter
 
+ROOT = Path(__file__).resolve().parent.parent
 STRIPE_KEY = "sk_test_meterbridge_tests"
 IN_CI = os.environ.get("CI") == "true"
 
@@ -22,6 +27,20 @@ def skip_or_fail(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"{reason} (required in CI)")
     pytest.skip(reason)
+
+
+def setting_in_subprocess(name: str, env: dict[str, str]) -> Any:
+    """A setting as project.settings builds it, in a fresh process, from exactly `env`."""
+    code = f"import json; from django.conf import settings; print(json.dumps(settings.{name}))"
+    result = subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {code}"],
+        cwd=ROOT,
+        env={**env, "DJANGO_SETTINGS_MODULE": "project.settings"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(result.stdout)
 
 
 def hours_ago(now: datetime, n: int) -> datetime:

@@ -1,6 +1,5 @@
 """A report_usage killed with SIGKILL halfway, then run again; the hourly schedule; the broker."""
 
-import json
 import os
 import signal
 import subprocess
@@ -17,7 +16,14 @@ from django.db import connection
 from billing import tasks
 from billing.models import LogStatus, ReportLog, ReportRun, RunStatus
 from billing.schedule import SCHEDULE_FUNC, SCHEDULE_NAME
-from tests.helpers import STRIPE_KEY, Usage, billed, synced_customers, synced_meter
+from tests.helpers import (
+    STRIPE_KEY,
+    Usage,
+    billed,
+    setting_in_subprocess,
+    synced_customers,
+    synced_meter,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -148,18 +154,9 @@ def test_scheduled_task_reports_the_windows_of_its_intended_time(
 
 def q_cluster(**env: str) -> dict[str, Any]:
     """Q_CLUSTER as the app's settings build it from the given environment."""
-    code = "import json; from django.conf import settings; print(json.dumps(settings.Q_CLUSTER))"
-    base = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings", "DEBUG": "true"}
+    base = {**os.environ, "DEBUG": "true"}
     base.pop("REDIS_URL", None)
-    result = subprocess.run(
-        [sys.executable, "-c", f"import django; django.setup(); {code}"],
-        cwd=ROOT,
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return dict(json.loads(result.stdout))
+    return dict(setting_in_subprocess("Q_CLUSTER", {**base, **env}))
 
 
 def test_q_cluster_uses_orm_by_default_and_redis_when_set():

@@ -1,14 +1,11 @@
 """The admin's login guard rails: django-axes' lockout, the optional TOTP second factor, and the
 proxy header trusted only when configured."""
 
-import json
 import os
 import re
 import subprocess
-import sys
 from base64 import b32decode
 from io import StringIO
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +15,8 @@ from django.test import Client
 from django_otp.oath import totp
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import setting_in_subprocess
+
 LOGIN = "/admin/login/"
 PASSWORD = "pw-12345-xyz"
 
@@ -172,23 +170,9 @@ def test_enroll_totp_refuses_unknown_users_and_replaces_only_when_asked(finance)
 
 def production_setting(name: str, **env: str) -> Any:
     """A setting as project.settings builds it in production from the given environment."""
-    code = f"import json; from django.conf import settings; print(json.dumps(settings.{name}))"
     base = {k: v for k, v in os.environ.items() if k != "SECURE_PROXY_SSL_HEADER"}
-    base.update(
-        DJANGO_SETTINGS_MODULE="project.settings",
-        DEBUG="false",
-        SECRET_KEY="x" * 50,
-        ALLOWED_HOSTS="billing.example.com",
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", f"import django; django.setup(); {code}"],
-        cwd=ROOT,
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(result.stdout)
+    base.update(DEBUG="false", SECRET_KEY="x" * 50, ALLOWED_HOSTS="billing.example.com")
+    return setting_in_subprocess(name, {**base, **env})
 
 
 def test_the_proxy_ssl_header_is_trusted_only_when_configured():

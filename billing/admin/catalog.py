@@ -124,6 +124,7 @@ class ArchivedPriceInline(TabularInline):
 
 @admin.register(PriceMapping)
 class PriceMappingAdmin(GuardedDeleteAdmin, StripeSyncedAdmin):
+    actions = ["sync_to_stripe", "delete_selected"]
     stripe_path = "prices"
     list_display = [
         "product_name",
@@ -179,7 +180,7 @@ class SubscriptionAdmin(GuardedDeleteAdmin, StripeSyncedAdmin):
     search_fields = ["customer__name", "customer__openmeter_subject", Subscription.stripe_id_field]
     list_select_related = ["customer"]
     filter_horizontal = ["prices"]
-    actions = ["sync_to_stripe", "cancel_in_stripe", "move_to_current_prices"]
+    actions = ["sync_to_stripe", "cancel_in_stripe", "move_to_current_prices", "delete_selected"]
     exclude = ["stripe_items", "cancel_requested"]
 
     def get_readonly_fields(

@@ -34,10 +34,12 @@ class SuperuserChangesOnly(ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return bool(request.user.is_superuser) and super().has_delete_permission(request, obj)
 
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+    def get_actions(self, request: HttpRequest, action_location: Any = None) -> dict[str, Any]:
         if not request.user.is_superuser:
             return {}
-        return dict(super().get_actions(request))
+        # Django 6.1 passes where the actions are shown; 5.2 takes no such argument.
+        where = {} if action_location is None else {"action_location": action_location}
+        return dict(super().get_actions(request, **where))
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
         # Without actions Django would quietly show the list again: say no instead.
