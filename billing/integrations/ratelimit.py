@@ -22,7 +22,7 @@ import threading
 import time
 from typing import ClassVar
 
-JITTER_ALLOWANCE = 0.03  # seconds of spread between departure and arrival the rate allows for
+JITTER_ALLOWANCE = 0.05  # seconds of spread between departure and arrival the rate allows for
 THROTTLE_FACTOR = 0.5  # each throttle() keeps this share of the current refill
 THROTTLE_GAP = 1.0  # seconds: one cut per second at most (Stripe counts per second)
 THROTTLE_FLOOR = 0.05  # share of the full refill the bucket never goes below

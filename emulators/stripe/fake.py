@@ -85,6 +85,7 @@ class FakeStripe(_Catalog, _Meters, _Subscriptions, _V2):
         self.meter_events: list[Json] = []
         self.async_errors: list[Json] = []
         self.requests: list[tuple[str, str]] = []
+        self.arrivals: list[float] = []  # monotonic arrival time of each entry of `requests`
         self.latency: float = 0.0
         self.rate_limit_per_second: float | None = None
         self.rate_limit_should_retry: bool | None = None
@@ -148,6 +149,7 @@ class FakeStripe(_Catalog, _Meters, _Subscriptions, _V2):
             self.meter_events.clear()
             self.async_errors.clear()
             self.requests.clear()
+            self.arrivals.clear()
             self.latency = 0.0
             self.rate_limit_per_second = None
             self.rate_limit_should_retry = None
@@ -199,6 +201,21 @@ class FakeStripe(_Catalog, _Meters, _Subscriptions, _V2):
                 return Decimal(0)
             windows = self._buckets.get(meter_id, {}).get(customer_id, {})
             return sum((self._bucket_value(meter, ev) for ev in windows.values() if ev), Decimal(0))
+
+    def busiest_second(self, method: str, path_prefix: str) -> int:
+        """The most matching requests that arrived within any one second."""
+        with self._lock:
+            times = sorted(
+                t
+                for (m, p), t in zip(self.requests, self.arrivals, strict=True)
+                if m == method and p.startswith(path_prefix)
+            )
+        busiest, lo = 0, 0
+        for hi, t in enumerate(times):
+            while t - times[lo] >= 1.0:
+                lo += 1
+            busiest = max(busiest, hi - lo + 1)
+        return busiest
 
     def count(self, method: str, path_prefix: str) -> int:
         method = method.upper()
@@ -264,9 +281,11 @@ class FakeStripe(_Catalog, _Meters, _Subscriptions, _V2):
     # ------------------------------------------------------------------ request pipeline
 
     def _handle(self, method: str, raw_path: str, headers: Any, body: bytes) -> Response | None:
+        arrived = time.monotonic()  # before the lock, so waiting on it does not skew rates
         path, _, query = raw_path.partition("?")
         with self._lock:
             self.requests.append((method, path))
+            self.arrivals.append(arrived)
             if self.down:
                 return None
         latency = self.latency
@@ -277,7 +296,7 @@ class FakeStripe(_Catalog, _Meters, _Subscriptions, _V2):
         try:
             with self._lock:
                 response = self._handle_locked(
-                    method, path, query, headers, body, request_id, accepted
+                    method, path, query, headers, body, request_id, accepted, arrived
                 )
         except Exception as exc:  # a bug in the fake: answer 500 and say where
             traceback.print_exc(file=sys.stderr)
@@ -302,6 +321,7 @@ class FakeStripe(_Catalog, _Meters, _Subscriptions, _V2):
         body: bytes,
         request_id: str,
         accepted: list[Json],
+        arrived: float,
     ) -> Response:
         api = "v2" if path.startswith("/v2/") else "v1"
         out_headers = {
@@ -322,14 +342,13 @@ class FakeStripe(_Catalog, _Meters, _Subscriptions, _V2):
                 return err.status, _dumps(err.body(api)), {**out_headers, **err.headers}
 
         if self.rate_limit_per_second is not None:
-            now = time.monotonic()
             window = self._rate_window
-            while window and now - window[0] >= 1.0:
+            while window and arrived - window[0] >= 1.0:
                 window.popleft()
             if len(window) >= self.rate_limit_per_second:
                 err = self._rate_limit_error(api, self.rate_limit_should_retry)
                 return err.status, _dumps(err.body(api)), {**out_headers, **err.headers}
-            window.append(now)
+            window.append(arrived)
 
         idem_key: str | None = None
         fingerprint = b""
