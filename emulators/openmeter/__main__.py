@@ -1,6 +1,14 @@
-"""``python -m emulators.openmeter [--host 127.0.0.1] [--port 8888] [--token T] [--meter SPEC]``.
+"""``python -m emulators.openmeter [--host 127.0.0.1] [--port 8888] [--token T] [--meter SPEC]
+[--state PATH]``.
 
 Serves the OpenMeter emulator in the foreground until Ctrl-C (or SIGTERM).
+
+``--state PATH`` keeps the meters and their events across restarts: the state is loaded from PATH
+at start if the file exists, saved at most every 5 seconds while it changes and once more on stop
+(written to a temporary file in the same directory and renamed, mode 0600). A ``--meter`` whose
+slug is already in the loaded state keeps its saved definition; new ones are added. A file that
+cannot be read is reported, renamed to PATH.bad, and the emulator starts empty (plus its
+``--meter`` meters). The file is a pickle: use only files this emulator wrote.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import sys
 import threading
 from collections.abc import Iterable, Iterator
 
+from ..persist import AutoSaver, restore
 from .fake import FakeOpenMeter
 
 
@@ -40,10 +49,24 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SLUG[:AGG[:EVENT_TYPE[:VALUE_PROPERTY]]]",
         help="create a meter (repeatable), e.g. api_calls:SUM:api_call:$.value",
     )
+    parser.add_argument(
+        "--state",
+        metavar="PATH",
+        default=None,
+        help="load meters and events from PATH if it exists (its meters win over --meter); save "
+        "them there every 5 s while they change and on stop (an unreadable file is renamed to "
+        "PATH.bad)",
+    )
     args = parser.parse_args(argv)
     fake = FakeOpenMeter(token=args.token, host=args.host, port=args.port)
+    saver: AutoSaver | None = None
+    if args.state:
+        restore(fake, args.state, name="emulators.openmeter")
+        saver = AutoSaver(fake, args.state, name="emulators.openmeter")  # saves new --meter ones
     try:
         for slug, agg, etype, prop in _meter_specs(args.meter):
+            if slug in fake.meter_slugs():
+                continue  # kept as loaded from the state file
             default = None if agg.upper() == "COUNT" else "$.value"
             fake.add_meter(slug, aggregation=agg, event_type=etype, value_property=prop or default)
     except ValueError as exc:
@@ -54,14 +77,23 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{args.host}:{args.port}"
         print(f"emulators.openmeter: cannot listen on {where}: {exc}", file=sys.stderr)
         return 1
-    signal.signal(signal.SIGTERM, _interrupt)
+    if saver is not None:
+        saver.start()
+    old_term = signal.signal(signal.SIGTERM, _interrupt)
     print(f"fake OpenMeter listening on {fake.url}", flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
         pass
     finally:
+        # a second Ctrl-C or SIGTERM must not cut the final save short
+        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         fake.stop()
+        if saver is not None:
+            saver.stop()
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
     return 0
 
 

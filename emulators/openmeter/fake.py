@@ -24,9 +24,10 @@ Values: sums are exact-rounded (Neumaier per bucket, ``math.fsum`` across bucket
 15 significant digits, so ``0.1 + 0.2`` reads ``0.3``, as OpenMeter's decimal-precision sums do.
 
 Modules: this one holds the state and the public API; ``storage.py`` the meters and their hourly
-buckets, ``query.py`` the meter query, ``server.py`` the HTTP plumbing, ``common.py`` helpers.
+buckets, ``query.py`` the meter query, ``server.py`` the HTTP plumbing, ``common.py`` helpers,
+``state.py`` saving and loading the state (:meth:`FakeOpenMeter.save_state`).
 
-Run it by hand: ``python -m emulators.openmeter --port 8888 --meter api_calls``.
+Run it by hand: ``python -m emulators.openmeter --port 8888 --meter api_calls [--state PATH]``.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from .query import (
     _singles,
 )
 from .server import _Handler, _Server
+from .state import _State
 from .storage import (
     _Meter,
 )
@@ -73,7 +75,7 @@ from .storage import (
 __all__ = ["FakeOpenMeter"]
 
 
-class FakeOpenMeter:
+class FakeOpenMeter(_State):
     """A stateful OpenMeter on a loopback port. ``start()`` it, point the client at :attr:`url`."""
 
     def __init__(self, *, token: str | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -95,6 +97,7 @@ class FakeOpenMeter:
         self._fail_count = 0
         self._fail_status = 500
         self._fail_retry_after: float | None = None
+        self._changes = 0  # see change_count
 
     # lifecycle
 
@@ -154,6 +157,7 @@ class FakeOpenMeter:
             self._fail_count = 0
             self._fail_status = 500
             self._fail_retry_after = None
+            self._changes += 1
 
     # state
 
@@ -186,6 +190,7 @@ class FakeOpenMeter:
             group_by=group_by or {},
         )
         with self._lock:
+            self._changes += 1
             self._meters[slug] = meter
             for etype, ts, subject, data, direct in self._raw:
                 if etype == meter.event_type:
@@ -215,6 +220,7 @@ class FakeOpenMeter:
                 if key in self._seen:
                     return
                 self._seen.add(key)
+            self._changes += 1
             if meter is not None:
                 target = self._meters.get(meter)
                 if target is None:
@@ -236,6 +242,7 @@ class FakeOpenMeter:
     def ingest_many(self, events: Iterable[tuple[str, str, datetime, float]]) -> None:
         """Bulk fast path: ``(meter_slug, subject, time, value)`` tuples, no dedupe."""
         with self._lock:
+            self._changes += 1
             meters = self._meters
             last_slug: str | None = None
             target: _Meter | None = None
@@ -411,6 +418,7 @@ class FakeOpenMeter:
         checked = [_check_event(ev, i) for i, ev in enumerate(events)]
         now = _to_us(datetime.now(UTC))
         with self._lock:
+            self._changes += 1
             for ev_id, source, etype, subject, ts, data in checked:
                 key = (ev_id, source)
                 if key in self._seen:

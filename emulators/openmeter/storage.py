@@ -58,9 +58,23 @@ class _Meter:
         self.group_by = dict(group_by)
         self.group_keys = tuple(sorted(group_by))
         self.created_at = now
-        self._value_of = _compile_jsonpath(value_property) if value_property else None
-        self._group_of = [_compile_jsonpath(group_by[k]) for k in self.group_keys]
+        self._compile()
         self.clear()
+
+    def _compile(self) -> None:
+        prop = self.value_property
+        self._value_of = _compile_jsonpath(prop) if prop else None
+        self._group_of = [_compile_jsonpath(self.group_by[k]) for k in self.group_keys]
+
+    # pickling (the emulator's state file): the compiled JSONPath lookups are closures
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["_value_of"], state["_group_of"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._compile()
 
     def clear(self) -> None:
         self.subjects: list[str] = []

@@ -22,9 +22,11 @@ Stripe time (``created``, the 35-day / 5-minute / 24-hour rules, session expiry)
 The endpoints live in mixins by concern: ``catalog.py`` (customers, products, prices),
 ``meters.py`` (billing meters, v1 meter events), ``subscriptions.py`` (subscriptions, items,
 webhook endpoints), ``v2.py`` (v2 meter events); ``server.py`` is the HTTP plumbing and
-``common.py`` the common types and helpers. This class holds the state and the request pipeline.
+``common.py`` the common types and helpers, ``state.py`` saves and loads the state, ``page.py``
+and ``snapshot.py`` make the read-only page at ``/`` (what the emulator holds, for a person).
+This class holds the state and the request pipeline.
 
-Run ``python -m emulators.stripe --port 12111`` to serve it by hand.
+Run ``python -m emulators.stripe --port 12111 [--state PATH]`` to serve it by hand.
 """
 
 from __future__ import annotations
@@ -68,11 +70,12 @@ from .common import (
 )
 from .meters import _Meters
 from .server import _Server
+from .state import _State
 from .subscriptions import _Subscriptions
 from .v2 import _V2
 
 
-class FakeStripe(_Catalog, _Meters, _Subscriptions, _V2):
+class FakeStripe(_Catalog, _Meters, _Subscriptions, _V2, _State):
     """Stateful fake of the Stripe v1/v2 endpoints a usage-billing app needs (see module doc)."""
 
     def __init__(self, *, validate: bool = True) -> None:
@@ -105,6 +108,7 @@ class FakeStripe(_Catalog, _Meters, _Subscriptions, _V2):
         self._rate_window: deque[float] = deque()
         self._seq = 0
         self._created: list[tuple[str, str]] = []  # objects created by the current request
+        self._changes = 0  # see change_count
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -166,6 +170,7 @@ class FakeStripe(_Catalog, _Meters, _Subscriptions, _V2):
             self._active_by_event_name.clear()
             self._sessions.clear()
             self._rate_window.clear()
+            self._changes += 1
 
     # ------------------------------------------------------------------ inspection
 
@@ -298,6 +303,8 @@ class FakeStripe(_Catalog, _Meters, _Subscriptions, _V2):
                 response = self._handle_locked(
                     method, path, query, headers, body, request_id, accepted, arrived
                 )
+                if method != "GET":
+                    self._changes += 1
         except Exception as exc:  # a bug in the fake: answer 500 and say where
             traceback.print_exc(file=sys.stderr)
             err = ApiError(500, f"fake_stripe crashed: {exc!r}", type="api_error")

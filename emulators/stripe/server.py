@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import socket
+import sys
 import threading
+import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
+
+from . import page
 
 if TYPE_CHECKING:
     from .fake import FakeStripe
@@ -75,7 +79,20 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        self._serve("GET")
+        try:  # the read-only page, outside the API
+            found = page.respond(self.server.fake, self.path)
+        except Exception as exc:  # a bug in the page: say so instead of hanging up
+            traceback.print_exc(file=sys.stderr)
+            found = ("text/plain; charset=utf-8", f"page failed: {exc!r}\n".encode())
+            status = 500
+        else:
+            status = 200
+        if found is None:
+            self._serve("GET")
+            return
+        self._read_body()
+        content_type, payload = found
+        self._write(status, content_type, payload, {"Cache-Control": "no-store"})
 
     def do_POST(self) -> None:
         self._serve("POST")
@@ -89,20 +106,28 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:
         self._serve("PATCH")
 
-    def _serve(self, method: str) -> None:
+    def _read_body(self) -> bytes:
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = 0
-        body = self.rfile.read(length) if length > 0 else b""
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _serve(self, method: str) -> None:
+        body = self._read_body()
         result = self.server.fake._handle(method, self.path, self.headers, body)
         if result is None:  # FakeStripe.down: hang up without an answer
             self.close_connection = True
             return
         status, payload, headers = result
+        self._write(status, "application/json", payload, headers)
+
+    def _write(
+        self, status: int, content_type: str, payload: bytes, headers: dict[str, str]
+    ) -> None:
         lines = [
             f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
-            "Content-Type: application/json",
+            f"Content-Type: {content_type}",
             f"Content-Length: {len(payload)}",
         ]
         lines.extend(f"{k}: {v}" for k, v in headers.items())

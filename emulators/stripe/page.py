@@ -1,0 +1,223 @@
+"""The Stripe emulator's read-only page: what it holds, for a person watching a demo.
+
+``GET /`` and ``GET /_emulator/`` answer HTML, ``GET /_emulator/state.json`` the same data as
+JSON (see ``snapshot.py``). No authentication, no contract checks, not counted in
+``FakeStripe.requests``, served even while the fake is ``down``. Times are UTC.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from decimal import Decimal
+from html import escape
+from typing import TYPE_CHECKING, Any
+
+from .snapshot import Json, decimals, snapshot, utc
+
+if TYPE_CHECKING:
+    from .fake import FakeStripe
+
+PAGE_PATHS = frozenset({"/", "/_emulator", "/_emulator/"})
+STATE_PATH = "/_emulator/state.json"
+WINDOWS_SHOWN = 72  # per customer and meter, newest first
+
+_Name = Callable[[str], str]  # an id -> its HTML label
+
+_STYLE = """
+body{font:14px/1.45 system-ui,sans-serif;margin:1.5rem auto;max-width:72rem;padding:0 1rem;
+color:#1a1f36;background:#f6f8fa}
+h1{font-size:1.4rem;margin:0 0 .2rem}h2{font-size:1.1rem;margin:1.8rem 0 .5rem}
+h3{font-size:.95rem;margin:1.1rem 0 .3rem}
+table{border-collapse:collapse;background:#fff;width:100%;margin-bottom:.4rem}
+th,td{border:1px solid #e3e8ee;padding:.25rem .5rem;text-align:left;vertical-align:top}
+th{background:#f0f3f7;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.t{white-space:nowrap}td .name{display:block}table.narrow{width:auto;min-width:24rem}
+code{font:12px ui-monospace,monospace;overflow-wrap:anywhere}
+.muted{color:#697386}.total{font-weight:600}
+.status-active{color:#0a7d32}.status-canceled,.status-inactive{color:#a2282c}
+"""
+
+
+def respond(fake: FakeStripe, raw_path: str) -> tuple[str, bytes] | None:
+    """(content type, body) for the page's paths; None for any other path."""
+    path = raw_path.partition("?")[0]
+    if path == STATE_PATH:
+        return "application/json", json.dumps(snapshot(fake), indent=1).encode()
+    if path in PAGE_PATHS:
+        return "text/html; charset=utf-8", render(snapshot(fake), fake.url).encode()
+    return None
+
+
+def _e(value: Any) -> str:
+    return "" if value is None else escape(str(value))
+
+
+def _code(value: Any) -> str:
+    return f"<code>{_e(value)}</code>" if value else ""
+
+
+def _table(headers: Iterable[str], rows: list[list[str]], empty: str, cls: str = "") -> str:
+    if not rows:
+        return f'<p class="muted">{_e(empty)}</p>'
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(cells) + "</tr>" for cells in rows)
+    attr = f' class="{cls}"' if cls else ""
+    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _td(html: str, cls: str = "") -> str:
+    return f'<td class="{cls}">{html}</td>' if cls else f"<td>{html}</td>"
+
+
+def _status(status: Any) -> str:
+    return f'<span class="status-{_e(status)}">{_e(status)}</span>'
+
+
+def render(data: Json, url: str = "") -> str:
+    """The page for a :func:`snapshot`."""
+    names = {c["id"]: c["name"] for c in data["customers"]}
+    meters = {m["id"]: m for m in data["meters"]}
+
+    def who(customer_id: str) -> str:
+        name = names.get(customer_id)
+        return _code(customer_id) + (f' <span class="name">{_e(name)}</span>' if name else "")
+
+    def meter_name(meter_id: str) -> str:
+        m = meters.get(meter_id)
+        return (f"{_e(m['display_name'])} " if m else "") + _code(meter_id)
+
+    parts = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        "<title>Fake Stripe</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        "<h1>Fake Stripe</h1>",
+        f'<p class="muted">{_e(url)} · now {_e(utc(data["now"]))} UTC · read-only view · '
+        f'<a href="{STATE_PATH}">state.json</a></p>',
+        "<h2>Customers</h2>",
+        _table(
+            ["Customer", "Name", "Email", "Metadata", "Created"],
+            [
+                [
+                    _td(_code(c["id"])),
+                    _td(_e(c["name"])),
+                    _td(_e(c["email"])),
+                    _td("<br>".join(f"{_e(k)} = {_e(v)}" for k, v in c["metadata"].items())),
+                    _td(_e(utc(c["created"])), "t"),
+                ]
+                for c in data["customers"]
+            ],
+            "No customers.",
+        ),
+        "<h2>Subscriptions</h2>",
+        _subscriptions(data["subscriptions"], who, meter_name),
+        "<h2>Open invoices (metered items, current period)</h2>",
+        _invoices(data["invoices"], who, meter_name),
+        "<h2>Meters</h2>",
+        _table(
+            ["Meter", "Display name", "Event name", "Window", "Formula", "Status"],
+            [
+                [
+                    _td(_code(m["id"])),
+                    _td(_e(m["display_name"])),
+                    _td(_code(m["event_name"])),
+                    _td(_e(m["event_time_window"] or "none")),
+                    _td(_e(m["formula"])),
+                    _td(_status(m["status"])),
+                ]
+                for m in data["meters"]
+            ],
+            "No meters.",
+        ),
+        "<h2>Usage per window (billed value: the latest event per customer and window)</h2>",
+        _usage(data["windows"], who, meter_name),
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def _subscriptions(subs: list[Json], who: _Name, meter_name: _Name) -> str:
+    rows: list[list[str]] = []
+    for s in subs:
+        for i, item in enumerate(s["items"]):
+            first = i == 0
+            usage = (
+                f"metered: {meter_name(item['meter'])}"
+                if item["meter"]
+                else f"{_e(item['usage_type'] or 'one-off')} &times; {_e(item['quantity'])}"
+            )
+            rows.append(
+                [
+                    _td(_code(s["id"]) if first else ""),
+                    _td(who(s["customer"]) if first else ""),
+                    _td(_status(s["status"]) if first else ""),
+                    _td(_code(item["price"])),
+                    _td(usage),
+                    _td(_e(utc(item["current_period_start"])), "t"),
+                    _td(_e(utc(item["current_period_end"])), "t"),
+                ]
+            )
+    headers = ["Subscription", "Customer", "Status", "Price", "Usage", "Period start", "Period end"]
+    return _table(headers, rows, "No subscriptions.")
+
+
+def _unit_price(unit: str | None, currency: str) -> str:
+    if unit is None:
+        return "not per unit"
+    places = decimals(currency)
+    major = Decimal(unit).scaleb(-places).normalize()
+    if int(major.as_tuple().exponent) > -places:  # at least the currency's decimals
+        major = major.quantize(Decimal(1).scaleb(-places))
+    return f"{format(major, 'f')} {currency.upper()}"
+
+
+def _invoices(invoices: list[Json], who: _Name, meter_name: _Name) -> str:
+    if not invoices:
+        return '<p class="muted">No active subscriptions.</p>'
+    out = []
+    for inv in invoices:
+        rows = [
+            [
+                _td(meter_name(line["meter"])),
+                _td(f"{_e(utc(line['period_start']))} &ndash; {_e(utc(line['period_end']))}", "t"),
+                _td(_e(line["quantity"]), "num"),
+                _td(_e(_unit_price(line["unit_amount_decimal"], inv["currency"])), "num"),
+                _td(_e(line["display"] or "not computed"), "num"),
+            ]
+            for line in inv["lines"]
+        ]
+        rows.append(
+            [
+                '<td colspan=4 class="total">Total now</td>',
+                _td(f'<span class="total">{_e(inv["display"])}</span>', "num"),
+            ]
+        )
+        out.append(f"<h3>{_code(inv['subscription'])} · {who(inv['customer'])}</h3>")
+        out.append(
+            _table(["Meter", "Period", "Quantity", "Unit price", "Amount"], rows, "No items.")
+        )
+    return "\n".join(out)
+
+
+def _usage(windows: list[Json], who: _Name, meter_name: _Name) -> str:
+    groups: dict[tuple[str, str], list[Json]] = {}
+    for w in windows:  # already newest first
+        groups.setdefault((w["customer"], w["meter"]), []).append(w)
+    if not groups:
+        return '<p class="muted">No usage.</p>'
+    out = []
+    for (customer, meter_id), rows in sorted(groups.items()):
+        out.append(f"<h3>{who(customer)} · {meter_name(meter_id)}</h3>")
+        shown = rows[:WINDOWS_SHOWN]
+        out.append(
+            _table(
+                ["Window start (UTC)", "Value"],
+                [[_td(_e(utc(w["window_start"])), "t"), _td(_e(w["value"]), "num")] for w in shown],
+                "",
+                "narrow",
+            )
+        )
+        hidden = len(rows) - len(shown)
+        if hidden:
+            out.append(f'<p class="muted">{hidden} older windows not shown.</p>')
+    return "\n".join(out)

@@ -1,0 +1,171 @@
+"""What FakeStripe holds, as plain JSON data: the content of ``/_emulator/state.json`` and of the
+read-only page at ``/`` (``page.py``).
+
+Window values come from :meth:`FakeStripe.billed_windows` (the value Stripe keeps per customer and
+window). An open invoice bills, per subscription item with a metered price, the sum of the billed
+windows of the item's meter and customer whose start lies in the item's current period
+``[current_period_start, current_period_end)``, times the price's ``unit_amount_decimal`` (minor
+units), rounded half up to a whole minor unit. Licensed items are left out.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .fake import FakeStripe
+
+Json = dict[str, Any]
+
+# Stripe's zero-decimal and three-decimal currencies; all others have two decimals.
+ZERO_DECIMAL = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
+THREE_DECIMAL = frozenset("bhd jod kwd omr tnd".split())
+
+
+def decimals(currency: str) -> int:
+    code = currency.lower()
+    return 0 if code in ZERO_DECIMAL else 3 if code in THREE_DECIMAL else 2
+
+
+def money(minor: int, currency: str) -> str:
+    """Minor units as money: ``money(1234, "usd") == "12.34 USD"``, ``money(500, "jpy") ==
+    "500 JPY"``."""
+    places = decimals(currency)
+    major = Decimal(minor).scaleb(-places)
+    return f"{major:.{places}f} {currency.upper()}"
+
+
+def number(value: Decimal) -> str:
+    """A decimal in plain notation (``1E+3`` reads ``1000``)."""
+    return format(value, "f")
+
+
+def utc(ts: float | None) -> str:
+    """Epoch seconds as ``2026-11-20 13:00`` (UTC); empty for None."""
+    if ts is None:
+        return ""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def snapshot(fake: FakeStripe) -> Json:
+    """Customers, subscriptions, meters, billed windows (newest first) and open invoices."""
+    with fake._lock:
+        now = int(fake.clock())
+        meters = list(fake.objects["billing.meter"].values())
+        billed = {m["id"]: fake.billed_windows(m["id"]) for m in meters}
+        customers = [_customer(c) for c in fake._newest_first("customer")]
+        subs = fake._newest_first("subscription")
+        subscriptions = [_subscription(s) for s in subs]
+        invoices = [_invoice(s, billed) for s in subs if s["status"] == "active"]
+        meter_rows = [_meter(m) for m in reversed(meters)]
+    windows = [
+        {"customer": customer, "meter": meter_id, "window_start": start, "value": number(value)}
+        for meter_id, values in billed.items()
+        for (customer, start), value in values.items()
+    ]
+    windows.sort(key=lambda w: (-w["window_start"], w["customer"], w["meter"]))
+    return {
+        "now": now,
+        "customers": customers,
+        "subscriptions": subscriptions,
+        "meters": meter_rows,
+        "windows": windows,
+        "invoices": invoices,
+    }
+
+
+def _customer(c: Json) -> Json:
+    return {
+        "id": c["id"],
+        "name": c.get("name"),
+        "email": c.get("email"),
+        "metadata": dict(c.get("metadata") or {}),
+        "created": c.get("created"),
+    }
+
+
+def _meter(m: Json) -> Json:
+    return {
+        "id": m["id"],
+        "display_name": m.get("display_name"),
+        "event_name": m.get("event_name"),
+        "event_time_window": m.get("event_time_window"),
+        "formula": (m.get("default_aggregation") or {}).get("formula"),
+        "status": m.get("status"),
+    }
+
+
+def _subscription(s: Json) -> Json:
+    items = []
+    for si in s["items"]["data"]:
+        price = si["price"]
+        recurring = price.get("recurring") or {}
+        items.append(
+            {
+                "id": si["id"],
+                "price": price["id"],
+                "product": price.get("product"),
+                "usage_type": recurring.get("usage_type"),
+                "meter": recurring.get("meter"),
+                "unit_amount_decimal": price.get("unit_amount_decimal"),
+                "quantity": si.get("quantity"),
+                "current_period_start": si.get("current_period_start"),
+                "current_period_end": si.get("current_period_end"),
+            }
+        )
+    return {
+        "id": s["id"],
+        "customer": s["customer"],
+        "status": s["status"],
+        "currency": s.get("currency"),
+        "created": s.get("created"),
+        "items": items,
+    }
+
+
+def _invoice(s: Json, billed: dict[str, dict[tuple[str, int], Decimal]]) -> Json:
+    currency = str(s.get("currency") or "usd")
+    lines: list[Json] = []
+    total = 0
+    for si in s["items"]["data"]:
+        price = si["price"]
+        meter_id = (price.get("recurring") or {}).get("meter")
+        if not meter_id:
+            continue
+        start, end = si["current_period_start"], si["current_period_end"]
+        quantity = sum(
+            (
+                value
+                for (customer, window), value in billed.get(meter_id, {}).items()
+                if customer == s["customer"] and start <= window < end
+            ),
+            Decimal(0),
+        )
+        unit = price.get("unit_amount_decimal")
+        amount: int | None = None
+        if unit is not None:
+            amount = int((quantity * Decimal(unit)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+            total += amount
+        lines.append(
+            {
+                "item": si["id"],
+                "price": price["id"],
+                "meter": meter_id,
+                "period_start": start,
+                "period_end": end,
+                "quantity": number(quantity),
+                "unit_amount_decimal": unit,
+                "amount": amount,
+                "display": money(amount, currency) if amount is not None else None,
+            }
+        )
+    return {
+        "subscription": s["id"],
+        "customer": s["customer"],
+        "currency": currency,
+        "amount": total,
+        "display": money(total, currency),
+        "lines": lines,
+    }
