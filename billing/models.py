@@ -7,6 +7,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
@@ -281,6 +282,14 @@ class Subscription(StripeSynced):
         validators=[validators.stripe_subscription_id],
     )
     status = models.CharField(max_length=30, blank=True, help_text="The status Stripe reports.")
+    bill_from = models.DateTimeField(
+        "bill usage from",
+        null=True,
+        blank=True,
+        help_text="Optional, UTC: start the subscription at this earlier moment, so that usage "
+        "since then is billed (Stripe's backdate_start_date). Only used when the subscription "
+        "is created in Stripe.",
+    )
     cancel_requested = models.BooleanField(default=False)
     # Stripe subscription item per price: {"<stripe price id>": "<si_...>"}.
     stripe_items = models.JSONField(default=dict, blank=True)
@@ -292,6 +301,12 @@ class Subscription(StripeSynced):
         return f"Subscription of {self.customer.name}" + (
             f" ({self.stripe_subscription_id})" if self.stripe_subscription_id else ""
         )
+
+    def clean(self) -> None:
+        super().clean()
+        if self.bill_from is not None and not self.stripe_subscription_id:
+            if self.bill_from >= clock.now():
+                raise ValidationError({"bill_from": "Bill usage from a moment in the past."})
 
     @property
     def active_in_stripe(self) -> bool:
@@ -423,3 +438,18 @@ class ReportedWindow(models.Model):
         return (
             f"{self.meter_id}/{self.customer_id}@{self.window_start:%Y-%m-%d %H:%M} = {self.value}"
         )
+
+
+class UnmappedUsage(models.Model):
+    """Usage a run found under an OpenMeter subject that no active customer has, per meter."""
+
+    run = models.ForeignKey(ReportRun, on_delete=models.CASCADE, related_name="unmapped_usage")
+    meter = models.ForeignKey(Meter, on_delete=models.CASCADE, related_name="+")
+    subject = models.CharField(max_length=255)
+    quantity = models.DecimalField(max_digits=32, decimal_places=12)
+
+    class Meta:
+        verbose_name_plural = "unmapped usage"
+
+    def __str__(self) -> str:
+        return f"{self.subject}: {self.quantity} on {self.meter_id}"

@@ -42,12 +42,34 @@ class OTPLoginForm(OTPAdminAuthenticationForm):  # type: ignore[misc]
 
 
 class MeterbridgeAdminSite(admin.AdminSite):
-    """Django's admin site; with ADMIN_REQUIRE_2FA on, django-otp's OTPAdminSite.
+    """Django's admin site, named Meterbridge, with the finance dashboard as its home page
+    (billing.admin.dashboard) and, in demo mode, a banner on every page.
 
-    Then a staff user counts as staff only once an OTP device of theirs has verified this
-    session (request.user.is_verified(), set by OTPMiddleware), and the login form asks for the
-    6-digit code as well.
+    With ADMIN_REQUIRE_2FA on it works as django-otp's OTPAdminSite: a staff user counts as
+    staff only once an OTP device of theirs has verified this session (request.user.is_verified(),
+    set by OTPMiddleware), and the login form asks for the 6-digit code as well.
     """
+
+    site_header = site_title = "Meterbridge"
+    index_title = "Dashboard"
+    index_template = "admin/billing/dashboard.html"
+
+    def each_context(self, request: HttpRequest) -> dict[str, Any]:
+        context = super().each_context(request)
+        context["demo_mode"] = settings.DEMO_MODE
+        context["demo_stripe_page"] = settings.STRIPE_API_BASE.rstrip("/") + "/"
+        return context
+
+    def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        from billing.admin.dashboard import dashboard_context  # the admin registry loads late
+
+        context = {**(extra_context or {}), **dashboard_context(request)}
+        return super().index(request, extra_context=context)
+
+    def get_urls(self) -> list[Any]:
+        from billing.admin.dashboard import dashboard_urls
+
+        return [*dashboard_urls(self), *super().get_urls()]
 
     @property
     def login_form(self) -> type[AuthenticationForm] | None:

@@ -59,7 +59,8 @@ ROOT_URLCONF = "project.urls"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # The project's own admin templates (base_site.html: name and demo banner) come first.
+        "DIRS": [BASE_DIR / "project" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -211,6 +212,10 @@ LOGGING = {
 STRIPE_SEND_CONCURRENCY = env.int("STRIPE_SEND_CONCURRENCY", default=16)
 STRIPE_SEND_MAX_ATTEMPTS = env.int("STRIPE_SEND_MAX_ATTEMPTS", default=8)
 STRIPE_RETRY_BACKOFF_SECONDS = env.float("STRIPE_RETRY_BACKOFF_SECONDS", default=0.5)
+
+# Demo mode (`dev.py serve` without Stripe and OpenMeter settings): the app talks to the local
+# emulators, and every admin page says so. Set by dev.py, never in production.
+DEMO_MODE = env.bool("METERBRIDGE_DEMO", default=False)
 
 # The quick start's local login (only created with DEBUG on and no superuser yet).
 DEV_ADMIN_PASSWORD = env.str("DEV_ADMIN_PASSWORD", default="meterbridge")

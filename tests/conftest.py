@@ -9,6 +9,7 @@ import pytest
 from billing import clock
 from emulators.openmeter import FakeOpenMeter
 from emulators.stripe import FakeStripe
+from tests.browser import browser_page  # noqa: F401 (a fixture for the browser tests)
 from tests.helpers import STRIPE_KEY
 
 

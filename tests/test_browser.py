@@ -5,54 +5,19 @@ run finish on its page. Screenshots go to artifacts/."""
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import connections
 
 from billing import reporting
 from billing.models import Customer, Meter, PriceMapping, ReportLog, ReportRun, RunStatus, Trigger
-from tests.helpers import Usage, billed, skip_or_fail
+from tests.browser import ARTIFACTS
+from tests.helpers import Usage, billed
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 PASSWORD = "finance-pw-2026"
-
-
-@pytest.fixture
-def browser_page(monkeypatch: pytest.MonkeyPatch) -> Any:
-    # Playwright's sync API runs an event loop in this thread; the ORM calls here are not async.
-    # Set for these tests only: a leaked value would fail `check --deploy` in later tests.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    if not Path(CHROMIUM).exists():
-        skip_or_fail(f"{CHROMIUM} is missing: apt-get install chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        skip_or_fail("the playwright package is missing: pip install playwright")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 900})
-        page.set_default_timeout(15_000)
-        yield page
-        # The ORM calls made while Playwright's loop runs got their own connection (Django
-        # keys connections by async context); close it here, or it outlives the test database.
-        connections.close_all()
-        browser.close()
 
 
 def save(page: Any) -> None:

@@ -1,10 +1,12 @@
 """Sync on save, through the admin as finance staff use it, against the fake Stripe."""
 
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.test import Client
 
@@ -321,3 +323,13 @@ def test_sync_stripe_exit_code_and_output(fake_stripe, capsys):
     assert exited.value.code == 1
     out = capsys.readouterr().out
     assert "FAILED" in out and "Globex" in out and "0 synced, 1 failed, 1 in all." in out
+
+
+def test_bill_usage_from_must_be_in_the_past(frozen):
+    customer = Customer.objects.create(name="Acme", openmeter_subject="acme")
+    sub = Subscription(customer=customer, bill_from=frozen + timedelta(hours=1))
+    with pytest.raises(ValidationError) as error:
+        sub.full_clean()
+    assert error.value.message_dict == {"bill_from": ["Bill usage from a moment in the past."]}
+    sub.bill_from = frozen - timedelta(days=3)
+    sub.full_clean()

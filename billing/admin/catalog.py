@@ -188,7 +188,7 @@ class SubscriptionAdmin(GuardedDeleteAdmin, StripeSyncedAdmin):
     ) -> list[str]:
         fields = [Subscription.stripe_id_field, "status", *self.sync_readonly]
         if obj is not None and obj.stripe_id:
-            fields.append("customer")
+            fields += ["customer", "bill_from"]
         return fields
 
     @admin.display(description="On an archived price", boolean=True)

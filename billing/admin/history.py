@@ -27,6 +27,7 @@ from billing.formatting import quantity, utc_minute
 from billing.integrations.stripe_client import dashboard_url
 from billing.models import Customer, LogStatus, ReportLog, ReportRun, RunStatus
 from billing.reporting.selection import select_like_run
+from billing.reporting.summary import value_changes
 
 RUN_PAGE_LOGS = 50  # the run page lists its first rows; the report log has them all
 REASON_SHOWN = 80  # characters of a run's reason in the lists; its page shows all of it
@@ -209,6 +210,7 @@ class ReportRunAdmin(RereportPermissionMixin, ReadOnlyAdmin):
             extra_context = {
                 **(extra_context or {}),
                 "progress": run_progress(run),
+                "value_changes": [] if run.status == RunStatus.RUNNING else value_changes(run=run),
                 "progress_url": reverse("admin:billing_reportrun_progress", args=[run.pk]),
                 "logs": logs[:RUN_PAGE_LOGS],
                 "log_count": run.logs.count(),

@@ -311,11 +311,13 @@ def sync_subscription(sub: Subscription) -> None:
 
     if not sub.stripe_subscription_id:
         items = [{"price": m.stripe_price_id} for m in mappings]  # metered: no quantity
-        params = {
+        params: dict[str, Any] = {
             "customer": customer.stripe_customer_id,
             "items": items,
             "metadata": {"meterbridge_subscription": str(sub.pk)},
         }
+        if sub.bill_from is not None:
+            params["backdate_start_date"] = int(sub.bill_from.timestamp())
         created = client.v1.subscriptions.create(
             params,  # type: ignore[arg-type]
             options={"idempotency_key": idempotency_key("subscription", sub.pk, "create", params)},

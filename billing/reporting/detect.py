@@ -217,7 +217,7 @@ class MeterPass:
             return
         for subject, total in totals.items():
             if subject not in self.customers and total != 0:
-                self.tally.add_unmapped(subject, total)
+                self.tally.add_unmapped(meter_id=self.meter.pk, subject=subject, value=total)
 
     def held_totals(
         self, start: datetime, end: datetime, customers: list[Customer]

@@ -10,6 +10,7 @@ from django.db import transaction
 
 from billing import clock
 from billing.models import Customer, LogStatus, Meter, ReportLog, ReportRun, RunStatus, Trigger
+from billing.pricing import Amounts, PriceBook
 from billing.queue import enqueue as queue_task
 from billing.reporting.periods import ReportInputError
 from billing.reporting.runs import RunRequest, execute_run, selected, start_run
@@ -43,6 +44,7 @@ class CustomerChanges:
     old_total: Decimal
     new_total: Decimal
     changes: list[WindowChange] = field(default_factory=list)  # capped: see PREVIEW_WINDOWS_SHOWN
+    value_change: Amounts = field(default_factory=Amounts)  # the difference as money
 
     delta = property(lambda self: self.new_total - self.old_total)
 
@@ -54,6 +56,7 @@ class MeterTotals:
     customers: int = 0
     old_total: Decimal = Decimal(0)
     new_total: Decimal = Decimal(0)
+    value_change: Amounts = field(default_factory=Amounts)
 
     delta = property(lambda self: self.new_total - self.old_total)
 
@@ -133,6 +136,12 @@ def load_preview(*, run: ReportRun) -> Preview:
         if shown < PREVIEW_WINDOWS_SHOWN:
             row.changes.append(WindowChange(w_start, w_end, old, new))
             shown += 1
+    prices = PriceBook.load(customer_ids=customers)
+    for (meter_id, customer_id), row in rows.items():
+        row.value_change = prices.value(
+            quantity=row.delta, meter_id=meter_id, customer_id=customer_id
+        )
+        totals[meter_id].value_change += row.value_change
     ordered = sorted(rows.values(), key=lambda r: (r.meter.name, r.customer.name, r.customer.pk))
     return Preview(
         run=run,

@@ -166,6 +166,7 @@ def _compare_and_send(*, run: ReportRun, meter_pass: MeterPass) -> None:
 
 def _finish(run: ReportRun, tally: Tally) -> None:
     tally.save_to(run)
+    tally.save_unmapped(run)
     if tally.events_failed:
         tally.errors.append(
             f"{tally.events_failed} window(s) could not be sent; see the report log. "

@@ -10,6 +10,7 @@ from django.utils.text import capfirst
 
 from billing import formatting
 from billing.admin.dates import hierarchy_range
+from billing.pricing import Amounts
 
 register = template.Library()
 
@@ -18,6 +19,12 @@ register = template.Library()
 register.filter("quantity", formatting.quantity)
 register.filter("signed_quantity", formatting.signed_quantity)
 register.filter("utc", formatting.utc_minute)
+
+
+@register.filter
+def money_change(amounts: Amounts) -> str:
+    """A difference in money: "+12.34 USD", "-0.50 USD", a dash without a price."""
+    return amounts.text(signed=True)
 
 
 @register.inclusion_tag("admin/date_hierarchy.html")

@@ -62,13 +62,19 @@ class _Subscriptions:
     def _new_item(self, ctx: _Ctx, sub: Json, price: Json, item: Json) -> Json:
         now = self._now()
         rec = price["recurring"]
+        # The item's period is the subscription's billing cycle that holds now: periods run from
+        # the cycle anchor (creation, or a backdated start) in steps of the price's interval.
+        start = sub["billing_cycle_anchor"]
+        end = _add_interval(start, rec["interval"], rec["interval_count"])
+        while end <= now:
+            start, end = end, _add_interval(end, rec["interval"], rec["interval_count"])
         si: Json = {
             "id": self._new_id("subscription_item"),
             "object": "subscription_item",
             "billing_thresholds": None,
             "created": now,
-            "current_period_end": _add_interval(now, rec["interval"], rec["interval_count"]),
-            "current_period_start": now,
+            "current_period_end": end,
+            "current_period_start": start,
             "discounts": [],
             "metadata": _merge_metadata({}, item.get("metadata", {})),
             "price": price,
@@ -134,13 +140,20 @@ class _Subscriptions:
 
         now = self._now()
         trial_days = p.get("trial_period_days")
+        start = p.get("backdate_start_date", now)
+        if start > now:
+            raise ApiError(
+                400,
+                "backdate_start_date must be in the past.",
+                param="backdate_start_date",
+            )
         sub: Json = {
             "id": self._new_id("subscription"),
             "object": "subscription",
             "application": None,
             "application_fee_percent": None,
             "automatic_tax": {"enabled": False, "liability": None},
-            "billing_cycle_anchor": p.get("billing_cycle_anchor", now),
+            "billing_cycle_anchor": p.get("billing_cycle_anchor", start),
             "billing_cycle_anchor_config": None,
             "billing_mode": {"type": (p.get("billing_mode") or {}).get("type", "classic")},
             "billing_thresholds": None,
@@ -172,7 +185,7 @@ class _Subscriptions:
             "pending_setup_intent": None,
             "pending_update": None,
             "schedule": None,
-            "start_date": now,
+            "start_date": start,
             "status": "trialing" if trial_days else "active",
             "test_clock": None,
             "transfer_data": None,

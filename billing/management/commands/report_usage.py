@@ -10,6 +10,7 @@ from billing import reporting
 from billing.formatting import plain_decimal, utc_minute
 from billing.models import RunStatus, Trigger
 from billing.reporting.periods import reportable_range
+from billing.reporting.summary import usage_totals
 
 
 def parse_moment(text: str) -> datetime:
@@ -77,6 +78,9 @@ class Command(BaseCommand):
             f"waited out; {run.unmapped_subjects} unmapped subject(s) with "
             f"{plain_decimal(run.unmapped_quantity)} usage."
         )
+        if not run.dry_run:
+            for total in usage_totals(run=run):
+                self.stdout.write(total.line())
         if run.error:
             self.stderr.write(run.error)
         if run.status != RunStatus.SUCCEEDED:
