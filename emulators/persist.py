@@ -52,8 +52,12 @@ def write_atomic(path: str, data: bytes) -> None:
         raise
 
 
-def read(path: str, fmt: str, keys: frozenset[str]) -> dict[str, Any] | None:
-    """The state saved in ``path``; None if there is no such file; StateFileError if unusable."""
+def read(
+    path: str, fmt: str, keys: frozenset[str], optional: frozenset[str] = frozenset()
+) -> dict[str, Any] | None:
+    """The state saved in ``path``; None if there is no such file; StateFileError if unusable.
+    It must hold ``keys``, except that ``optional`` ones (added to the format later) may be
+    missing."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -69,7 +73,7 @@ def read(path: str, fmt: str, keys: frozenset[str]) -> dict[str, Any] | None:
         found = loaded.get("format") if isinstance(loaded, dict) else type(loaded).__name__
         raise StateFileError(f"{path} holds {found!r}, not {fmt!r} state")
     state = loaded.get("state")
-    if not isinstance(state, dict) or set(state) != keys:
+    if not isinstance(state, dict) or not keys - optional <= set(state) <= keys:
         raise StateFileError(f"{path} does not hold the {fmt!r} state fields")
     return state
 

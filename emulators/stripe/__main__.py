@@ -1,29 +1,64 @@
-"""``python -m emulators.stripe [--host 127.0.0.1] [--port 12111] [--no-validate] [--state PATH]``.
+"""``python -m emulators.stripe [--host 127.0.0.1] [--port 12111] [--no-validate] [--state PATH]
+[--webhook URL[,thin|snapshot] ...] [--webhook-secret whsec_... ...] [--error-report-seconds 60]
+[--summary-delay 0]``.
 
 Serves the Stripe emulator in the foreground until Ctrl-C (or SIGTERM). Its read-only page is at
 ``/`` (JSON: ``/_emulator/state.json``).
 
 ``--state PATH`` keeps the state (customers, products, prices, meters, subscriptions, meter
-events, identifiers, idempotency keys) across restarts: it is loaded from PATH at start if the
-file exists, saved at most every 5 seconds while it changes and once more on stop (written to a
-temporary file in the same directory and renamed, mode 0600). A file that cannot be read is
-reported, renamed to PATH.bad, and the emulator starts empty. The file is a pickle: use only
-files this emulator wrote.
+events, identifiers, idempotency keys, emitted events) across restarts: it is loaded from PATH at
+start if the file exists, saved at most every 5 seconds while it changes and once more on stop
+(written to a temporary file in the same directory and renamed, mode 0600). A file that cannot be
+read is reported, renamed to PATH.bad, and the emulator starts empty. The file is a pickle: use
+only files this emulator wrote.
+
+``--webhook URL[,MODE]`` (repeatable) delivers the emitted events to URL: snapshot events by
+default, thin event notifications with ``,thin``. ``--webhook-secret`` is the signing secret:
+given once, it signs for every ``--webhook``; given as often as ``--webhook``, the n-th signs for
+the n-th. Without it a random ``whsec_`` secret is made and printed.
+
+``--error-report-seconds N`` emits the asynchronous meter event error reports every N seconds
+(default 60; 0 = never). ``--summary-delay S``: meter event summaries leave out events received
+less than S seconds ago (default 0).
 """
 
 from __future__ import annotations
 
 import argparse
+import secrets
 import signal
 import sys
 import threading
 
 from ..persist import AutoSaver, restore
 from .fake import FakeStripe, _unrouted
+from .webhooks import MODES
 
 
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
+
+
+def _webhooks(
+    parser: argparse.ArgumentParser, urls: list[str], secrets_given: list[str]
+) -> list[tuple[str, str, str]]:
+    """(url, mode, secret) for each ``--webhook``; exits with a usage error if they do not fit."""
+    if secrets_given and len(secrets_given) not in (1, len(urls)):
+        parser.error("give --webhook-secret once, or once per --webhook")
+    if not urls and secrets_given:
+        parser.error("--webhook-secret without --webhook")
+    out = []
+    generated = "whsec_" + secrets.token_hex(24)
+    for i, given in enumerate(urls):
+        url, mode = given, "snapshot"
+        head, _, tail = given.rpartition(",")
+        if head and tail in MODES:
+            url, mode = head, tail
+        if not url.startswith(("http://", "https://")):
+            parser.error(f"--webhook {given!r}: expected http(s)://...[,thin|snapshot]")
+        secret = secrets_given[i if len(secrets_given) > 1 else 0] if secrets_given else generated
+        out.append((url, mode, secret))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +77,41 @@ def main(argv: list[str] | None = None) -> int:
         help="load the state from PATH if it exists; save it there every 5 s while it changes "
         "and on stop (an unreadable file is renamed to PATH.bad)",
     )
+    parser.add_argument(
+        "--webhook",
+        metavar="URL[,thin|snapshot]",
+        action="append",
+        default=[],
+        help="deliver emitted events to URL: snapshot events (default) or thin ones (repeatable)",
+    )
+    parser.add_argument(
+        "--webhook-secret",
+        metavar="SECRET",
+        action="append",
+        default=[],
+        help="signing secret: once for all --webhook, or once per --webhook in the same order "
+        "(default: a random whsec_..., printed)",
+    )
+    parser.add_argument(
+        "--error-report-seconds",
+        type=float,
+        default=60.0,
+        metavar="N",
+        help="emit the meter event error reports every N seconds (default 60; 0 = never)",
+    )
+    parser.add_argument(
+        "--summary-delay",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="event summaries leave out events received less than S seconds ago (default 0)",
+    )
     args = parser.parse_args(argv)
+    hooks = _webhooks(parser, args.webhook, args.webhook_secret)
     fake = FakeStripe(validate=not args.no_validate)
+    fake.summary_delay_seconds = args.summary_delay
+    for url, mode, secret in hooks:
+        fake.add_webhook_destination(url, secret=secret, mode=mode)
     saver: AutoSaver | None = None
     if args.state:
         restore(fake, args.state, name="emulators.stripe")
@@ -55,8 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if saver is not None:
         saver.start()
+    fake.flush_error_reports_every(args.error_report_seconds)
     old_term = signal.signal(signal.SIGTERM, _interrupt)
     print(f"fake Stripe listening on {fake.url}", flush=True)
+    for url, mode, secret in hooks:
+        shown = secret if not args.webhook_secret else "the given secret"
+        print(f"webhooks: {mode} events to {url}, signed with {shown}", flush=True)
     if _unrouted:
         print(f"not served: {', '.join(_unrouted)}", file=sys.stderr, flush=True)
     try:

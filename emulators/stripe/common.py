@@ -23,6 +23,29 @@ API_VERSION = "2026-10-28.endive"  # what stripe-python 16 pins
 KEY_PREFIXES = ("sk_test_", "sk_live_", "rk_test_", "rk_live_")
 STREAM_PATH = "/v2/billing/meter_event_stream"
 WINDOW_SECONDS = {"hour": HOUR, "day": DAY}
+MAX_VALUE_DIGITS = 15  # significant digits of a meter event value (2026-04-22 changelog)
+MAX_SAMPLE_ERRORS = 3  # sample_errors per code in an error report
+# The codes of Stripe's meter error reports (stripe-python's generated Literal list).
+REPORT_CODES = frozenset(
+    {
+        "archived_meter",
+        "meter_event_customer_not_found",
+        "meter_event_dimension_count_too_high",
+        "meter_event_invalid_value",
+        "meter_event_no_customer_defined",
+        "meter_event_value_too_many_digits",
+        "missing_dimension_payload_keys",
+        "no_meter",
+        "timestamp_in_future",
+        "timestamp_too_far_in_past",
+    }
+)
+# v2 synchronous error codes -> the error report code of the same rejection
+V2_TO_REPORT_CODE = {
+    "payload_no_customer_defined": "meter_event_no_customer_defined",
+    "payload_no_value_defined": "meter_event_invalid_value",
+    "payload_invalid_value": "meter_event_invalid_value",
+}
 
 KINDS = (
     "customer",

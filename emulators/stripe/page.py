@@ -131,6 +131,23 @@ def render(data: Json, url: str = "") -> str:
         ),
         "<h2>Usage per window (billed value: the latest event per customer and window)</h2>",
         _usage(data["windows"], who, meter_name),
+        "<h2>Recent events</h2>",
+        _events(data),
+        "<h2>Webhook deliveries</h2>",
+        _table(
+            ["Time (UTC)", "Destination", "Event", "Attempt", "Answer"],
+            [
+                [
+                    _td(_e(utc(d["at"])), "t"),
+                    _td(_code(d["url"])),
+                    _td(f"{_e(d['type'])} {_code(d['event_id'])}"),
+                    _td(_e(d["attempt"]), "num"),
+                    _td(_e(d["status"] if d["status"] is not None else d["error"])),
+                ]
+                for d in data["deliveries"]
+            ],
+            "No webhook deliveries.",
+        ),
         "</body></html>",
     ]
     return "\n".join(parts)
@@ -221,3 +238,23 @@ def _usage(windows: list[Json], who: _Name, meter_name: _Name) -> str:
         if hidden:
             out.append(f'<p class="muted">{hidden} older windows not shown.</p>')
     return "\n".join(out)
+
+
+def _events(data: Json) -> str:
+    pending = data["pending_error_reports"]
+    note = (
+        f'<p class="muted">{pending} asynchronous meter event errors not reported yet.</p>'
+        if pending
+        else ""
+    )
+    rows = [
+        [
+            _td(_e(utc(ev["created"])), "t"),
+            _td(_e(ev["type"])),
+            _td("thin" if ev["thin"] else "snapshot"),
+            _td(_code(ev["id"])),
+            _td(_code(ev["related"])),
+        ]
+        for ev in data["events"]
+    ]
+    return note + _table(["Created (UTC)", "Type", "Kind", "Event", "About"], rows, "No events.")

@@ -115,12 +115,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, method: str) -> None:
         body = self._read_body()
-        result = self.server.fake._handle(method, self.path, self.headers, body)
-        if result is None:  # FakeStripe.down: hang up without an answer
-            self.close_connection = True
-            return
-        status, payload, headers = result
-        self._write(status, "application/json", payload, headers)
+        fake = self.server.fake
+        try:
+            result = fake._handle(method, self.path, self.headers, body)
+            if result is None:  # FakeStripe.down: hang up without an answer
+                self.close_connection = True
+                return
+            status, payload, headers = result
+            self._write(status, "application/json", payload, headers)
+        finally:
+            fake._answered()  # webhooks of the events this request emitted go out now
 
     def _write(
         self, status: int, content_type: str, payload: bytes, headers: dict[str, str]

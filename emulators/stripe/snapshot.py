@@ -49,9 +49,16 @@ def utc(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")
 
 
+EVENTS_SHOWN = 20  # recent emitted events and webhook delivery attempts
+
+
 def snapshot(fake: FakeStripe) -> Json:
-    """Customers, subscriptions, meters, billed windows (newest first) and open invoices."""
+    """Customers, subscriptions, meters, billed windows (newest first), open invoices, and the
+    latest emitted events and webhook delivery attempts (newest first)."""
+    deliveries = fake._deliverer.recorded()[-EVENTS_SHOWN:]
     with fake._lock:
+        events = [_event(e) for e in fake.events[-EVENTS_SHOWN:]]
+        pending_reports = len(fake._error_reports)
         now = int(fake.clock())
         meters = list(fake.objects["billing.meter"].values())
         billed = {m["id"]: fake.billed_windows(m["id"]) for m in meters}
@@ -73,6 +80,27 @@ def snapshot(fake: FakeStripe) -> Json:
         "meters": meter_rows,
         "windows": windows,
         "invoices": invoices,
+        "events": events[::-1],
+        "pending_error_reports": pending_reports,
+        "deliveries": [
+            {k: d[k] for k in ("at", "url", "event_id", "type", "attempt", "status", "error")}
+            for d in reversed(deliveries)
+        ],
+    }
+
+
+def _event(e: Json) -> Json:
+    """An emitted event in a line: thin ones carry an RFC 3339 ``created``."""
+    created = e["created"]
+    if isinstance(created, str):
+        created = datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+    related = e.get("related_object") or {}
+    return {
+        "id": e["id"],
+        "type": e["type"],
+        "thin": e["object"] == "v2.core.event",
+        "created": created,
+        "related": related.get("id"),
     }
 
 

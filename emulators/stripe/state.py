@@ -1,8 +1,9 @@
 """Saving and loading FakeStripe's state (``python -m emulators.stripe --state PATH``; a mixin).
 
 Only the plain data is saved: objects, meter events and their windows, identifier and idempotency
-records, meter event sessions. Not saved: the request log, faults and switches, the clock, the
-callback, the server.
+records, meter event sessions, emitted events and the asynchronous errors not reported yet. Not
+saved: the request log, faults and switches, the clock, the callback, the server, the summary
+delay, webhook destinations and deliveries (a restarted emulator delivers only new events).
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ STATE_ATTRS = (
     "_active_by_event_name",
     "_sessions",
     "_seq",
+    "events",
+    "_error_reports",
 )
+# Added after the first state files were written: a file without them still loads.
+LATER_ATTRS = frozenset({"events", "_error_reports"})
 
 
 class _State:
@@ -39,7 +44,7 @@ class _State:
     @property
     def change_count(self) -> int:
         """Grows with every request that may have changed the state (all but GETs), every
-        reset() and load_state()."""
+        emitted event, reset() and load_state()."""
         return self._changes
 
     def save_state(self, path: str) -> None:
@@ -51,7 +56,7 @@ class _State:
     def load_state(self, path: str) -> bool:
         """Replace the state with the one saved in ``path``. False (nothing changed) if there is
         no such file; :class:`emulators.persist.StateFileError` if it cannot be used."""
-        state = persist.read(path, FORMAT, frozenset(STATE_ATTRS))
+        state = persist.read(path, FORMAT, frozenset(STATE_ATTRS), LATER_ATTRS)
         if state is None:
             return False
         objects: Any = state["objects"]
@@ -61,6 +66,6 @@ class _State:
             objects.setdefault(kind, {})
         with self._lock:
             for name in STATE_ATTRS:
-                setattr(self, name, state[name])
+                setattr(self, name, state[name] if name in state else type(getattr(self, name))())
             self._changes += 1
         return True

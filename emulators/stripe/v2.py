@@ -9,6 +9,7 @@ from . import contract
 from .common import (
     MAX_STREAM_EVENTS,
     SESSION_TTL_SECONDS,
+    V2_TO_REPORT_CODE,
     ApiError,
     Json,
     _Ctx,
@@ -75,16 +76,15 @@ class _V2:
                     identifier=event.get("identifier"),
                     accepted=accepted,
                 )
-            except ApiError as e:  # validation is asynchronous: Stripe drops the event silently
-                self.async_errors.append(
-                    {
-                        "code": e.code,
-                        "message": e.message,
-                        "identifier": event.get("identifier") if isinstance(event, dict) else None,
-                        "event": event,
-                        "api": "v2",
-                        "received_at": self.clock(),
-                    }
+            except ApiError as e:  # validation is asynchronous: reported later, not answered
+                name = event.get("event_name") if isinstance(event, dict) else None
+                self._async_error(
+                    V2_TO_REPORT_CODE.get(e.code or "", e.code or "invalid_event"),
+                    e.message,
+                    event=event,
+                    identifier=event.get("identifier") if isinstance(event, dict) else None,
+                    api="v2",
+                    meter=self._meter_for_event_name(str(name)) if name else None,
                 )
         return {}
 

@@ -12,6 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import stripe
+
+from tests.emulators.receiver import Receiver
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = {"Authorization": "Bearer sk_test_cli1234"}
@@ -66,6 +69,61 @@ def test_stripe_state_survives_restart(tmp_path: Path) -> None:
         again = httpx.get(f"{url}/v1/customers/{customer}", headers=KEY)
         assert again.status_code == 200 and again.json()["name"] == "Persisted Ltd"
         assert "Persisted Ltd" in httpx.get(url + "/").text
+
+
+def test_stripe_cli_webhooks_error_reports_and_events_survive_restart(tmp_path: Path) -> None:
+    state, receiver = tmp_path / "stripe.state", Receiver()
+    flags = ["--state", str(state), "--webhook", f"{receiver.url},thin"]
+    flags += ["--webhook-secret", "whsec_cli", "--error-report-seconds", "0.1"]
+    try:
+        with serve("emulators.stripe", *flags) as (url, _):
+            meter = httpx.post(
+                f"{url}/v1/billing/meters",
+                data={
+                    "display_name": "Calls",
+                    "event_name": "calls",
+                    "default_aggregation[formula]": "sum",
+                },
+                headers=KEY,
+            ).json()
+            answer = httpx.post(
+                f"{url}/v1/billing/meter_events",
+                data={
+                    "event_name": "calls",
+                    "payload[stripe_customer_id]": "cus_nobody",
+                    "payload[value]": "3",
+                },
+                headers=KEY,
+            )
+            assert answer.status_code == 200  # rejected later, asynchronously
+            deadline = time.monotonic() + 10
+            while not receiver.received and time.monotonic() < deadline:
+                time.sleep(0.05)
+            ((headers, body),) = receiver.received
+            client = stripe.StripeClient("sk_test_cli1234", base_addresses={"api": url})
+            note = client.parse_event_notification(body, headers["Stripe-Signature"], "whsec_cli")
+            assert note.type == "v1.billing.meter.error_report_triggered"
+            assert note.related_object.id == meter["id"]
+        with serve("emulators.stripe", "--state", str(state)) as (url, _):
+            again = httpx.get(f"{url}/v2/core/events/{note.id}", headers=KEY)
+            assert again.status_code == 200
+            assert again.json()["data"]["reason"]["error_count"] == 1
+            assert note.id in httpx.get(url + "/").text
+    finally:
+        receiver.close()
+
+
+def test_stripe_cli_rejects_unpaired_webhook_secrets() -> None:
+    hooks = ["--webhook", "http://127.0.0.1:1/a", "--webhook", "http://127.0.0.1:1/b"]
+    three = ["--webhook-secret", "s1", "--webhook-secret", "s2", "--webhook-secret", "s3"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "emulators.stripe", *hooks, *three],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2 and "once per --webhook" in proc.stderr
 
 
 def test_openmeter_state_survives_restart_and_keeps_loaded_meters(tmp_path: Path) -> None:

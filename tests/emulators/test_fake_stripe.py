@@ -13,6 +13,7 @@ import pytest
 import stripe
 
 from emulators.stripe import FakeStripe
+from tests.emulators.support import Clock
 
 # stripe-python's HTTPXClient posts raw bytes with data=, which httpx deprecates
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
@@ -25,19 +26,6 @@ HOUR = 3600
 DAY = 86400
 
 
-class Clock:
-    """A settable time source for FakeStripe.clock."""
-
-    def __init__(self, start: float) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def error_of(exc: stripe.StripeError) -> dict[str, Any]:
     body = exc.json_body
     assert isinstance(body, dict)
@@ -46,17 +34,10 @@ def error_of(exc: stripe.StripeError) -> dict[str, Any]:
     return error
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeStripe]:
-    fake = FakeStripe().start()
-    yield fake
-    fake.stop()
-
-
 @pytest.fixture
-def fake(server: FakeStripe) -> FakeStripe:
-    server.reset()
-    return server
+def fake(stripe_server: FakeStripe) -> FakeStripe:
+    stripe_server.reset()
+    return stripe_server
 
 
 @pytest.fixture
@@ -110,6 +91,11 @@ def create_meter(client: Client, event_name: str = "api_calls", **kw: Any) -> An
     }
     params.update(kw)
     return client.v1.billing.meters.create(params)
+
+
+def new_customer(client: Client) -> str:
+    """A customer Stripe knows (events for unknown customers are rejected asynchronously)."""
+    return str(client.v1.customers.create({}).id)
 
 
 def send(
@@ -386,10 +372,11 @@ def test_payload_rules(client: Client, clock: Clock) -> None:
 
 def test_identifier_dedupe_for_24_hours(client: Client, fake: FakeStripe, clock: Clock) -> None:
     meter = create_meter(client)
+    cus = new_customer(client)
     ts = int(clock.now) - HOUR
-    send(client, "cus_1", "5", ts, identifier="evt-1")
+    send(client, cus, "5", ts, identifier="evt-1")
     with pytest.raises(stripe.InvalidRequestError) as exc:
-        send(client, "cus_1", "6", ts, identifier="evt-1")
+        send(client, cus, "6", ts, identifier="evt-1")
     err = exc.value
     assert err.http_status == 400
     assert err.json_body == {
@@ -399,28 +386,29 @@ def test_identifier_dedupe_for_24_hours(client: Client, fake: FakeStripe, clock:
         }
     }
     assert err.headers is not None and err.headers["Stripe-Should-Retry"] == "false"
-    assert fake.billed_value(meter.id, "cus_1", ts) == Decimal(5)
+    assert fake.billed_value(meter.id, cus, ts) == Decimal(5)
 
     clock.advance(23 * HOUR)
     with pytest.raises(stripe.InvalidRequestError):
-        send(client, "cus_1", "6", int(clock.now), identifier="evt-1")
+        send(client, cus, "6", int(clock.now), identifier="evt-1")
     clock.advance(2 * HOUR)  # 25 h after the first one
-    send(client, "cus_1", "6", int(clock.now), identifier="evt-1")
+    send(client, cus, "6", int(clock.now), identifier="evt-1")
     assert len(fake.meter_events) == 2
 
 
 def test_timestamp_limits(client: Client, fake: FakeStripe, clock: Clock) -> None:
     meter = create_meter(client)
+    cus = new_customer(client)
     now = int(clock.now)
     with pytest.raises(stripe.InvalidRequestError) as exc:
-        send(client, "cus_1", "1", now - 35 * DAY - 1)
+        send(client, cus, "1", now - 35 * DAY - 1)
     assert exc.value.code == "timestamp_too_far_in_past" and exc.value.param == "timestamp"
     assert "35 days" in str(exc.value)
     with pytest.raises(stripe.InvalidRequestError) as exc:
-        send(client, "cus_1", "1", now + 301)
+        send(client, cus, "1", now + 301)
     assert exc.value.code == "timestamp_in_future"
-    send(client, "cus_1", "1", now - 35 * DAY + 60)
-    send(client, "cus_1", "2", now + 300)
+    send(client, cus, "1", now - 35 * DAY + 60)
+    send(client, cus, "2", now + 300)
     assert len(fake.billed_windows(meter.id)) == 2
 
 
@@ -576,6 +564,7 @@ def test_subscriptions(client: Client, fake: FakeStripe) -> None:
 
 def test_v2_session_and_stream(client: Client, fake: FakeStripe, clock: Clock) -> None:
     meter = create_meter(client)
+    customers = [new_customer(client) for _ in range(10)]
     session = client.v2.billing.meter_event_session.create()
     assert session.object == "v2.billing.meter_event_session"
     assert session.authentication_token and session.expires_at > session.created
@@ -585,7 +574,7 @@ def test_v2_session_and_stream(client: Client, fake: FakeStripe, clock: Clock) -
         {
             "event_name": "api_calls",
             "identifier": f"s-{i}",
-            "payload": {"stripe_customer_id": f"cus_{i % 10}", "value": str(i)},
+            "payload": {"stripe_customer_id": customers[i % 10], "value": str(i)},
             "timestamp": stamp,
         }
         for i in range(100)
@@ -593,7 +582,7 @@ def test_v2_session_and_stream(client: Client, fake: FakeStripe, clock: Clock) -
     token = session.authentication_token
     client.v2.billing.meter_event_stream.create({"events": events}, {"api_key": token})
     assert len(fake.meter_events) == 100 and {e["api"] for e in fake.meter_events} == {"v2"}
-    assert fake.billed_value(meter.id, "cus_3", window) == Decimal(93)  # latest of 3, 13, ..., 93
+    assert fake.billed_value(meter.id, customers[3], window) == Decimal(93)  # latest of 3 ... 93
 
     # duplicates are dropped silently (validation is asynchronous), and recorded for inspection
     client.v2.billing.meter_event_stream.create({"events": events[:2]}, {"api_key": token})
@@ -616,7 +605,7 @@ def test_v2_session_and_stream(client: Client, fake: FakeStripe, clock: Clock) -
     sync = client.v2.billing.meter_events.create(
         {
             "event_name": "api_calls",
-            "payload": {"stripe_customer_id": "cus_x", "value": "1"},
+            "payload": {"stripe_customer_id": customers[0], "value": "1"},
             "identifier": "sync-1",
         }
     )
@@ -628,7 +617,7 @@ def test_v2_sync_meter_event_duplicate(client: Client, clock: Clock) -> None:
     create_meter(client)
     params: dict[str, Any] = {
         "event_name": "api_calls",
-        "payload": {"stripe_customer_id": "cus_x", "value": "1"},
+        "payload": {"stripe_customer_id": new_customer(client), "value": "1"},
         "identifier": "v2-dup",
     }
     client.v2.billing.meter_events.create(params)
@@ -647,6 +636,7 @@ def test_on_meter_event_callback_and_concurrency(
     client: Client, fake: FakeStripe, clock: Clock
 ) -> None:
     meter = create_meter(client)
+    customers = [new_customer(client) for _ in range(20)]
     seen: list[str] = []
     fake.on_meter_event(lambda event: seen.append(event["identifier"]))
     window = int(clock.now) - int(clock.now) % HOUR - HOUR
@@ -655,7 +645,7 @@ def test_on_meter_event_callback_and_concurrency(
     def worker(n: int) -> None:
         try:
             for i in range(10):
-                send(client, f"cus_{n}", str(i), window, identifier=f"c-{n}-{i}")
+                send(client, customers[n], str(i), window, identifier=f"c-{n}-{i}")
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -666,4 +656,4 @@ def test_on_meter_event_callback_and_concurrency(
         t.join()
     assert not errors
     assert len(seen) == 200 and len(fake.meter_events) == 200
-    assert all(fake.billed_value(meter.id, f"cus_{n}", window) == 9 for n in range(20))
+    assert all(fake.billed_value(meter.id, c, window) == 9 for c in customers)

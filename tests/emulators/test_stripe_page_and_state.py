@@ -14,23 +14,19 @@ import httpx
 import pytest
 import stripe
 
+from emulators import persist
 from emulators.persist import AutoSaver, StateFileError, restore
 from emulators.stripe import FakeStripe
 from emulators.stripe.page import WINDOWS_SHOWN
 from emulators.stripe.snapshot import money, utc
+from emulators.stripe.state import FORMAT, LATER_ATTRS, STATE_ATTRS
+from tests.emulators.receiver import Receiver
+from tests.emulators.support import Clock
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
 KEY = "sk_test_fakeStripePage1234"
 HOUR = 3600
-
-
-class Clock:
-    def __init__(self, start: float) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -176,12 +172,47 @@ def test_long_usage_lists_are_capped(fake: FakeStripe, clock: Clock) -> None:
     )
     now = int(time.time())
     hours = WINDOWS_SHOWN + 8
+    customer = client.v1.customers.create({"name": "Many"}).id
     for h in range(hours):
-        send(client, "cus_many", str(h), now - now % HOUR - h * HOUR)
+        send(client, customer, str(h), now - now % HOUR - h * HOUR)
     html = httpx.get(fake.url + "/").text
     assert html.count('<td class="num">') == WINDOWS_SHOWN
     assert "8 older windows not shown." in html
     assert len(httpx.get(fake.url + "/_emulator/state.json").json()["windows"]) == hours
+
+
+def test_page_shows_recent_events_and_webhook_deliveries(
+    fake: FakeStripe, clock: Clock, http_client: stripe.HTTPXClient
+) -> None:
+    world = build(fake, clock, http_client)
+    receiver = Receiver()
+    try:
+        fake.add_webhook_destination(receiver.url, secret="whsec_page", mode="thin")
+        send(world["client"], "cus_nobody", "5", int(clock.now), identifier="nobody-1")
+        state = httpx.get(fake.url + "/_emulator/state.json").json()
+        assert state["pending_error_reports"] == 1 and state["events"] == []
+        assert "1 asynchronous meter event errors not reported yet" in httpx.get(fake.url).text
+        (report,) = fake.flush_error_reports()
+        assert fake.deliver_pending(timeout=5)
+    finally:
+        receiver.close()
+    state = httpx.get(fake.url + "/_emulator/state.json").json()
+    (shown,) = state["events"]
+    assert shown == {
+        "id": report["id"],
+        "type": "v1.billing.meter.error_report_triggered",
+        "thin": True,
+        "created": clock.now,
+        "related": world["meter"].id,
+    }
+    (delivery,) = state["deliveries"]
+    assert (delivery["event_id"], delivery["status"], delivery["url"]) == (
+        report["id"],
+        200,
+        receiver.url,
+    )
+    html = httpx.get(fake.url + "/").text
+    assert "Recent events" in html and report["id"] in html and receiver.url in html
 
 
 def test_money_formatting() -> None:
@@ -232,6 +263,33 @@ def test_save_and_load_keep_objects_windows_and_dedupe(
         assert other.billed_value(meter_id, world["customer"].id, int(clock.now)) == Decimal(1)
 
     assert FakeStripe().load_state(str(tmp_path / "missing")) is False
+
+
+def test_state_keeps_emitted_events_and_pending_error_reports(
+    fake: FakeStripe, clock: Clock, http_client: stripe.HTTPXClient, tmp_path: Path
+) -> None:
+    world = build(fake, clock, http_client)
+    emitted = fake.emit_event("customer.updated", {"id": world["customer"].id})
+    send(world["client"], "cus_nobody", "5", int(clock.now), identifier="nobody-1")
+    path = tmp_path / "stripe.state"
+    fake.save_state(str(path))
+
+    other = FakeStripe()
+    other.clock = clock
+    assert other.load_state(str(path)) is True
+    assert other.events == [emitted]
+    (report,) = other.flush_error_reports()  # the error noted before saving is reported now
+    assert report["related_object"]["id"] == world["meter"].id
+    sample = report["data"]["reason"]["error_types"][0]["sample_errors"][0]
+    assert sample["request"]["identifier"] == "nobody-1"
+
+    # a state file written before events existed still loads
+    older = {name: getattr(fake, name) for name in STATE_ATTRS if name not in LATER_ATTRS}
+    persist.write_atomic(str(path), persist.dump(FORMAT, older))
+    oldest = FakeStripe()
+    assert oldest.load_state(str(path)) is True
+    assert oldest.events == [] and oldest.flush_error_reports() == []
+    assert oldest.objects == fake.objects
 
 
 def test_unreadable_state_file_is_moved_aside(
