@@ -11,6 +11,7 @@ Everything is installed into .venv beside this file (MB_VENV overrides the place
 
 import hashlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -139,10 +140,12 @@ class Children:
             pass
 
 
-def demo_env(env: dict[str, str], children: Children) -> dict[str, str]:
-    """Start the Stripe and OpenMeter emulators (state kept in .demo/) and point the app at them."""
+def demo_env(env: dict[str, str], children: Children, *, port: int) -> dict[str, str]:
+    """Start the Stripe and OpenMeter emulators (state kept in .demo/) and point the app at them;
+    the Stripe emulator posts its thin events (meter error reports) to the app's webhook."""
     state = Path(env.get("DEMO_STATE_DIR", ROOT / ".demo"))
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    webhook_secret = "whsec_" + secrets.token_urlsafe(24)  # a new one each start
     stripe_url = f"http://127.0.0.1:{DEMO_STRIPE_PORT}"
     openmeter_url = f"http://127.0.0.1:{DEMO_OPENMETER_PORT}"
     stripe = children.start(
@@ -155,6 +158,10 @@ def demo_env(env: dict[str, str], children: Children) -> dict[str, str]:
             str(DEMO_STRIPE_PORT),
             "--state",
             str(state / "stripe.state"),
+            "--webhook",
+            f"http://127.0.0.1:{port}/stripe/webhook/,thin",
+            "--webhook-secret",
+            webhook_secret,
         ],
         env,
     )
@@ -182,6 +189,7 @@ def demo_env(env: dict[str, str], children: Children) -> dict[str, str]:
         "STRIPE_API_BASE": stripe_url,
         "STRIPE_METER_EVENTS_API_BASE": stripe_url,
         "OPENMETER_URL": openmeter_url,
+        "STRIPE_WEBHOOK_SECRET": webhook_secret,
         "REPORT_SCHEDULE_CRON": env.get("REPORT_SCHEDULE_CRON", "*/5 * * * *"),
     }
 
@@ -219,7 +227,7 @@ def serve(argv: list[str]) -> int:
                 "local emulators; nothing leaves this machine.",
                 flush=True,
             )
-            env = demo_env(env, children)
+            env = demo_env(env, children, port=port)
         manage("migrate", "--no-input", env=env)
         manage("ensure_dev_admin", env=env)
         if demo:

@@ -1,5 +1,6 @@
-"""The report log as CSV, streamed: rows go from the database cursor to the client in chunks,
-so exporting a million rows takes the memory of one chunk, not of a million model instances."""
+"""History as CSV (the report log, a reconciliation's windows), streamed: rows go from the
+database cursor to the client in chunks, so exporting a million rows takes the memory of one
+chunk, not of a million model instances."""
 
 import csv
 import io
@@ -15,7 +16,7 @@ from django.http import StreamingHttpResponse
 
 from billing import clock
 from billing.formatting import plain_decimal, utc_iso, utc_stamp
-from billing.models import ReportLog
+from billing.models import ReconciliationItem, ReportLog
 
 CHUNK_ROWS = 2000
 
@@ -38,6 +39,19 @@ COLUMNS = [
     ("stripe_request_id", "stripe_request_id"),
     ("error", "error"),
 ]
+RECONCILIATION_COLUMNS = [
+    ("reconciliation", "reconciliation_id"),
+    ("meter", "meter__openmeter_slug"),
+    ("customer_subject", "customer__openmeter_subject"),
+    ("customer_name", "customer__name"),
+    ("stripe_customer_id", "customer__stripe_customer_id"),
+    ("window_start_utc", "window_start"),
+    ("kind", "kind"),
+    ("openmeter_value", "openmeter_value"),
+    ("sent_value", "sent_value"),
+    ("stripe_value", "stripe_value"),
+]
+Columns = list[tuple[str, str]]
 # CSV injection: a spreadsheet runs a cell as a formula when, once it has dropped what it does
 # not show (spaces, zero-width and other format characters) and folded full-width and small
 # forms (U+FF1D FULLWIDTH EQUALS SIGN, U+FE66 SMALL EQUALS SIGN...) to ASCII, the cell starts
@@ -83,21 +97,29 @@ def cell(value: Any) -> Any:
 
 
 def report_log_download(queryset: "QuerySet[ReportLog]") -> StreamingHttpResponse:
+    return download(queryset, columns=COLUMNS, name="report-log")
+
+
+def reconciliation_download(queryset: "QuerySet[ReconciliationItem]") -> StreamingHttpResponse:
+    return download(queryset, columns=RECONCILIATION_COLUMNS, name="reconciliation")
+
+
+def download(queryset: "QuerySet[Any]", *, columns: Columns, name: str) -> StreamingHttpResponse:
     """The rows as a CSV file download, streamed, named for the moment it was made."""
     response = StreamingHttpResponse(
-        report_log_csv(queryset), content_type="text/csv; charset=utf-8"
+        rows_csv(queryset, columns=columns), content_type="text/csv; charset=utf-8"
     )
-    filename = f"report-log-{utc_stamp(clock.now())}.csv"
+    filename = f"{name}-{utc_stamp(clock.now())}.csv"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
 
 
-def report_log_csv(queryset: "QuerySet[ReportLog]") -> Iterator[str]:
+def rows_csv(queryset: "QuerySet[Any]", *, columns: Columns = COLUMNS) -> Iterator[str]:
     """The queryset's rows as CSV text, one chunk of CHUNK_ROWS rows per item, header first."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow([heading for heading, _ in COLUMNS])
-    rows = queryset.values_list(*(path for _, path in COLUMNS)).iterator(chunk_size=CHUNK_ROWS)
+    writer.writerow([heading for heading, _ in columns])
+    rows = queryset.values_list(*(path for _, path in columns)).iterator(chunk_size=CHUNK_ROWS)
     count = 0
     for row in rows:
         writer.writerow([cell(v) for v in row])

@@ -17,7 +17,9 @@ from billing.models import (
     Customer,
     LogStatus,
     Meter,
+    MeterEventError,
     PriceMapping,
+    Reconciliation,
     ReportLog,
     ReportRun,
     StripeSynced,
@@ -29,6 +31,7 @@ from billing.models import (
 from billing.pricing import Amounts, PriceBook
 from billing.reporting.summary import MeterChange, value_changes
 from billing.schedule import SCHEDULE_NAME
+from billing.stripe_rejections import recent
 
 FAILED_WINDOWS_DAYS = 35  # Stripe takes meter events this far back: older ones cannot be resent
 SYNCED_MODELS: tuple[type[StripeSynced], ...] = (Meter, Customer, PriceMapping, Subscription)
@@ -57,6 +60,8 @@ class Dashboard:
     runs_url: str
     failed_syncs: list[Count]
     failed_windows: Count
+    rejected: Count
+    last_reconciliation: Reconciliation | None
     unmapped: list[UnmappedSubject]
     unmapped_run: ReportRun | None
 
@@ -83,6 +88,12 @@ def build() -> Dashboard:
         runs_url=_changelist(ReportRun, f"trigger__exact={Trigger.SCHEDULE}"),
         failed_syncs=failed_syncs(),
         failed_windows=failed_windows(now=clock.now()),
+        rejected=Count(
+            label="Meter events rejected by Stripe (35 days)",
+            count=recent(now=clock.now()).count(),
+            url=_changelist(MeterEventError),
+        ),
+        last_reconciliation=Reconciliation.objects.filter(finished_at__isnull=False).first(),
         unmapped=unmapped,
         unmapped_run=unmapped_run,
     )

@@ -318,6 +318,7 @@ class Trigger(models.TextChoices):
     SCHEDULE = "schedule", "Schedule"
     ADMIN = "admin", "Admin"
     COMMAND = "command", "Command"
+    WEBHOOK = "webhook", "Stripe webhook"
 
 
 class RunMode(models.TextChoices):
@@ -453,3 +454,129 @@ class UnmappedUsage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subject}: {self.quantity} on {self.meter_id}"
+
+
+class WebhookEvent(models.Model):
+    """A Stripe event received at /stripe/webhook/, stored once by its id, processed by a task."""
+
+    class ApiMode(models.TextChoices):
+        SNAPSHOT = "snapshot", "Snapshot event"
+        THIN = "thin", "Thin event"
+
+    stripe_event_id = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=255, db_index=True)
+    api_mode = models.CharField(max_length=10, choices=ApiMode.choices)
+    # As received; for a thin event, the full event fetched from Stripe is kept under "event".
+    payload = models.JSONField()
+    received_at = models.DateTimeField(default=clock.now, db_index=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-received_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.stripe_event_id}"
+
+
+class MeterEventError(models.Model):
+    """Stripe rejected meter events after accepting them (asynchronous validation): one row per
+    error type and sample, beside the ReportLog row the sample's identifier names."""
+
+    webhook_event = models.ForeignKey(
+        WebhookEvent, on_delete=models.PROTECT, related_name="meter_errors"
+    )
+    meter = models.ForeignKey(
+        Meter, null=True, blank=True, on_delete=models.PROTECT, related_name="event_errors"
+    )
+    event_name = models.CharField(max_length=100, blank=True)
+    code = models.CharField(max_length=100)
+    message = models.TextField(blank=True)
+    count = models.PositiveIntegerField(default=0, help_text="Errors of this type in the window.")
+    identifier = models.CharField(max_length=100, blank=True, db_index=True)
+    report_log = models.ForeignKey(
+        ReportLog, null=True, blank=True, on_delete=models.PROTECT, related_name="rejections"
+    )
+    validation_start = models.DateTimeField(null=True, blank=True)
+    validation_end = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=clock.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        verbose_name = "meter event rejected by Stripe"
+        verbose_name_plural = "meter events rejected by Stripe"
+
+    def __str__(self) -> str:
+        return f"{self.code} x{self.count}"
+
+
+class ReconcileStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+class Reconciliation(models.Model):
+    """One comparison of Stripe's own totals with the ledger and OpenMeter, window by window."""
+
+    trigger = models.CharField(max_length=10, choices=Trigger.choices)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    # lookback: each meter's own closed windows of RECONCILE_LOOKBACK_HOURS before period_end;
+    # period: exactly [period_start, period_end) on every meter.
+    mode = models.CharField(max_length=10, choices=RunMode.choices, default=RunMode.LOOKBACK)
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    meter_slugs = models.JSONField(default=list, blank=True)  # empty: every reportable meter
+    customer_subjects = models.JSONField(default=list, blank=True)
+    status = models.CharField(
+        max_length=10,
+        choices=ReconcileStatus.choices,
+        default=ReconcileStatus.RUNNING,
+        db_index=True,
+    )
+    windows_compared = models.PositiveIntegerField(default=0)
+    matched = models.PositiveIntegerField(default=0)
+    unsent = models.PositiveIntegerField(default=0)
+    drift = models.PositiveIntegerField(default=0)
+    settling = models.PositiveIntegerField(default=0)
+    stripe_requests = models.PositiveIntegerField(default=0)
+    # Per meter slug: {"compared", "matched", "unsent", "drift", "settling"}.
+    meter_counts = models.JSONField(default=dict, blank=True)
+    started_at = models.DateTimeField(default=clock.now, editable=False, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"Reconciliation #{self.pk} ({self.status})"
+
+
+class ItemKind(models.TextChoices):
+    UNSENT = "unsent", "Unsent (OpenMeter changed since the last send)"
+    DRIFT = "drift", "Drift (Stripe differs from what was sent)"
+    SETTLING = "settling", "Settling (sent too recently to judge)"
+
+
+class ReconciliationItem(models.Model):
+    """A window where Stripe, the ledger and OpenMeter do not all agree."""
+
+    reconciliation = models.ForeignKey(
+        Reconciliation, on_delete=models.CASCADE, related_name="items"
+    )
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+")
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="+")
+    window_start = models.DateTimeField()
+    openmeter_value = models.DecimalField(max_digits=32, decimal_places=12)
+    sent_value = models.DecimalField(null=True, blank=True, max_digits=32, decimal_places=12)
+    stripe_value = models.DecimalField(null=True, blank=True, max_digits=32, decimal_places=12)
+    kind = models.CharField(max_length=10, choices=ItemKind.choices, db_index=True)
+
+    class Meta:
+        ordering = ["meter_id", "customer_id", "window_start"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.meter_id}/{self.customer_id}@{self.window_start:%Y-%m-%d %H:%M}"

@@ -4,7 +4,8 @@
   its CSV export too); changes nothing.
 - Finance operator: the viewer's permissions, plus add and change on meters, customers, prices
   and subscriptions ("Sync to Stripe", "Cancel in Stripe", "Move to the current prices" need
-  change) and re-reporting (`billing.rereport_usage`). No delete.
+  change) and re-reporting (`billing.rereport_usage`, which also starts reconciliations: they
+  mark drifting windows to be sent again). No delete.
 
 `ensure_roles` sets each group to exactly these permissions, however often it runs: after every
 `migrate` (billing.signals) and from `manage.py ensure_roles`. Other combinations belong in

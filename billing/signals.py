@@ -1,5 +1,5 @@
-"""Keep the hourly schedule and the two finance groups in place after every `migrate`. (Stripe
-sync is explicit: see billing.integrations.stripe_sync.sync_after_commit.)"""
+"""Keep the hourly report and daily reconciliation schedules and the two finance groups in place
+after every `migrate`. (Stripe sync is explicit: see stripe_sync.sync_after_commit.)"""
 
 from typing import Any
 
@@ -11,9 +11,10 @@ from django.dispatch import receiver
 def _ensure_schedule(sender: Any, apps: Any = None, **kwargs: Any) -> None:
     if getattr(sender, "name", None) != "billing":
         return
-    from billing.schedule import ensure_report_schedule
+    from billing.schedule import ensure_reconcile_schedule, ensure_report_schedule
 
     ensure_report_schedule()
+    ensure_reconcile_schedule()
 
 
 @receiver(post_migrate, dispatch_uid="meterbridge-roles")

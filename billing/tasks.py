@@ -1,10 +1,10 @@
-"""django-q2 entry points: thin wrappers over the reporting service."""
+"""django-q2 entry points: thin wrappers over the reporting, reconciliation and webhook services."""
 
 import logging
 from datetime import datetime
 
-from billing import reporting
-from billing.models import ReportRun, RunStatus, Trigger
+from billing import reconcile, reporting, webhooks
+from billing.models import Reconciliation, ReportRun, RunStatus, Trigger
 
 logger = logging.getLogger(__name__)
 
@@ -36,3 +36,36 @@ def execute_report_run(run_id: int) -> int:
         return run_id
     reporting.execute_run(run)
     return run_id
+
+
+def scheduled_reconciliation(intended_date: str | None = None, **_: object) -> int:
+    """The daily reconciliation of the last RECONCILE_LOOKBACK_HOURS of closed windows."""
+    now = datetime.fromisoformat(intended_date) if intended_date else None
+    check = reconcile.start_reconciliation(
+        reconcile.ReconcileRequest(trigger=Trigger.SCHEDULE), now=now
+    )
+    check = reconcile.execute_reconciliation(check)
+    logger.info(
+        "Scheduled reconciliation %s: %s, %s drift, %s unsent",
+        check.pk,
+        check.status,
+        check.drift,
+        check.unsent,
+    )
+    return check.pk
+
+
+def execute_reconciliation(reconciliation_id: int) -> int:
+    """Runs a Reconciliation created by the admin or a webhook (start_reconciliation)."""
+    check = Reconciliation.objects.get(pk=reconciliation_id)
+    if check.finished_at is not None:
+        logger.warning("Reconciliation %s already finished; not running it twice.", check.pk)
+        return check.pk
+    reconcile.execute_reconciliation(check)
+    return check.pk
+
+
+def process_webhook_event(webhook_event_id: int) -> int:
+    """Handles a stored Stripe event (billing.webhooks)."""
+    webhooks.process(webhook_event_id=webhook_event_id)
+    return webhook_event_id

@@ -166,6 +166,14 @@ REPORT_LOOKBACK_HOURS = env.int("REPORT_LOOKBACK_HOURS", default=48)
 # How long a run waits for another run that holds a meter before skipping that meter.
 REPORT_LOCK_WAIT_SECONDS = env.float("REPORT_LOCK_WAIT_SECONDS", default=60)
 
+# --- Reading back what Stripe bills -------------------------------------------------------
+# STRIPE_WEBHOOK_SECRET (above) holds Stripe's signing secrets, comma-separated: one per webhook
+# endpoint or event destination.
+RECONCILE_SCHEDULE_CRON = env.str("RECONCILE_SCHEDULE_CRON", default="30 3 * * *")
+RECONCILE_LOOKBACK_HOURS = env.int("RECONCILE_LOOKBACK_HOURS", default=72)
+# Windows sent more recently are "settling": Stripe's summaries are eventually consistent.
+RECONCILE_SETTLE_MINUTES = env.float("RECONCILE_SETTLE_MINUTES", default=15)
+
 # --- django-q2 ----------------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="") or None
 REPORT_TASK_TIMEOUT = env.int("REPORT_TASK_TIMEOUT", default=50 * 60)

@@ -11,6 +11,7 @@ from emulators.openmeter import FakeOpenMeter
 from emulators.stripe import FakeStripe
 from tests.browser import browser_page  # noqa: F401 (a fixture for the browser tests)
 from tests.helpers import STRIPE_KEY
+from tests.reconciling import reported  # noqa: F401 (a fixture for the reconciliation tests)
 
 
 @pytest.fixture(scope="session")

@@ -201,7 +201,7 @@ def test_log_changelist_never_counts_the_whole_table(admin_client, fake_stripe, 
 def test_log_changelist_past_the_cap_says_more_than(
     admin_client, fake_stripe, fake_openmeter, monkeypatch
 ):
-    from billing.admin.history import CappedCountPaginator
+    from billing.admin.report_log import CappedCountPaginator
 
     monkeypatch.setattr(CappedCountPaginator, "cap", 100)
     meter = synced_meter(fake_openmeter)

@@ -21,6 +21,7 @@ from billing.integrations import stripe_sync
 from billing.integrations.stripe_client import dashboard_url, is_live_mode
 from billing.integrations.stripe_sync import SyncOutcome
 from billing.models import StripeSynced
+from billing.reconcile.queue import queue_reconciliation
 from billing.reporting.selection import Selection
 
 REREPORT_PERMISSION = "billing.rereport_usage"
@@ -195,7 +196,7 @@ class RereportPermissionMixin(BillingAdmin):
 class RereportActionMixin(RereportPermissionMixin):
     """The "Re-report usage…" action on a changelist; `rereport_selection` says what rows mean."""
 
-    rereport_actions = ("rereport_usage",)
+    rereport_actions: tuple[str, ...] = ("rereport_usage",)
 
     def rereport_selection(self, queryset: QuerySet[Any]) -> Selection:
         raise NotImplementedError
@@ -209,3 +210,18 @@ class RereportActionMixin(RereportPermissionMixin):
             post_url=request.get_full_path(),
             hidden=action_fields(request, action="rereport_usage"),
         )
+
+
+class ReconcileActionMixin(RereportPermissionMixin):
+    """The "Reconcile with Stripe" action on a list of meters: starts a reconciliation of the
+    selected meters over the default lookback, in the background, and opens its page. It needs
+    billing.rereport_usage: drifting windows it finds are marked to be sent again."""
+
+    rereport_actions: tuple[str, ...] = ("reconcile_with_stripe",)
+
+    @admin.action(description="Reconcile with Stripe", permissions=["rereport"])
+    def reconcile_with_stripe(self, request: HttpRequest, queryset: QuerySet[Any]) -> Any:
+        check = queue_reconciliation(meters=list(queryset), requested_by=request.user)
+        self.log_addition(request, check, "Reconciliation queued.")
+        self.message_user(request, f"Reconciliation #{check.pk} started.", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:billing_reconciliation_change", args=[check.pk]))

@@ -11,6 +11,7 @@ from billing import charts, clock
 from billing.admin.base import (
     BillingAdmin,
     GuardedDeleteAdmin,
+    ReconcileActionMixin,
     RereportActionMixin,
     StripeSyncedAdmin,
 )
@@ -21,6 +22,7 @@ from billing.integrations import stripe_sync
 from billing.integrations.stripe_errors import describe
 from billing.models import ArchivedPrice, Customer, Meter, PriceMapping, Subscription, SyncStatus
 from billing.reporting.selection import Selection, select_customers, select_meters
+from billing.stripe_rejections import rejections
 
 
 class UsageChartsMixin(BillingAdmin):
@@ -50,7 +52,7 @@ class UsageChartsMixin(BillingAdmin):
 
 
 @admin.register(Meter)
-class MeterAdmin(UsageChartsMixin, RereportActionMixin, StripeSyncedAdmin):
+class MeterAdmin(UsageChartsMixin, RereportActionMixin, ReconcileActionMixin, StripeSyncedAdmin):
     form = MeterForm
     stripe_path = "meters"
     list_display = [
@@ -64,7 +66,8 @@ class MeterAdmin(UsageChartsMixin, RereportActionMixin, StripeSyncedAdmin):
     ]
     list_filter = ["sync_status", "active", "window"]
     search_fields = ["name", "openmeter_slug", "event_name", Meter.stripe_id_field]
-    actions = ["sync_to_stripe", "rereport_usage"]
+    actions = ["sync_to_stripe", "rereport_usage", "reconcile_with_stripe"]
+    rereport_actions: tuple[str, ...] = ("rereport_usage", "reconcile_with_stripe")
 
     def rereport_selection(self, queryset: QuerySet[Meter]) -> Selection:
         return select_meters(meters=queryset)
@@ -91,6 +94,13 @@ class CustomerAdmin(UsageChartsMixin, RereportActionMixin, StripeSyncedAdmin):
 
     def rereport_selection(self, queryset: QuerySet[Customer]) -> Selection:
         return select_customers(customers=queryset)
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        pk = unquote(object_id)
+        context = {**(extra_context or {}), "rejections": rejections(report_log__customer_id=pk)}
+        return super().change_view(request, object_id, form_url, context)
 
     def usage_series(self, obj: Customer) -> list[charts.DailyUsage]:
         return charts.customer_usage(customer=obj, today=clock.now().date())

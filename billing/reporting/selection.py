@@ -127,3 +127,15 @@ def select_like_run(*, run: ReportRun) -> Selection:
         source_run=run,
     )
     return _finish(selection, what=f"run #{run.pk}")
+
+
+def select_listed(
+    *, meters: Iterable[Meter], customers: Iterable[Customer], what: str
+) -> Selection:
+    """Exactly these meters and customers (a reconciliation's drifting ones, say)."""
+    chosen_meters, left_meters = _split(meters)
+    chosen_customers, left_customers = _split(customers)
+    selection = Selection(
+        meters=chosen_meters, customers=chosen_customers, left_out=left_meters + left_customers
+    )
+    return _finish(selection, what=what)
