@@ -12,6 +12,7 @@ from emulators.stripe import FakeStripe
 from tests.browser import browser_page  # noqa: F401 (a fixture for the browser tests)
 from tests.helpers import STRIPE_KEY
 from tests.reconciling import reported  # noqa: F401 (a fixture for the reconciliation tests)
+from tests.stripe_process import stripe_process  # noqa: F401 (the fake Stripe in its own process)
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ import time
 from typing import ClassVar
 
 JITTER_ALLOWANCE = 0.05  # seconds of spread between departure and arrival the rate allows for
+LATE_WAKEUP = 0.02  # seconds: a caller waking later than this after its slot takes a new one
 THROTTLE_FACTOR = 0.5  # each throttle() keeps this share of the current refill
 THROTTLE_GAP = 1.0  # seconds: one cut per second at most (Stripe counts per second)
 THROTTLE_FLOOR = 0.05  # share of the full refill the bucket never goes below
@@ -55,13 +56,21 @@ class TokenBucket:
             return bucket
 
     def acquire(self) -> None:
-        """Block until one call may go out."""
-        with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next)
-            self._next = slot + 1.0 / self._current_rate(now)
-        if slot > now:
+        """Block until one call may go out.
+
+        A caller that wakes more than LATE_WAKEUP after its slot (the process stalled: the GIL,
+        a busy CPU) takes a new slot instead of going at once: after a stall every sleeper wakes
+        together, and going at once would send them as a burst on top of the slots that follow."""
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                slot = max(now, self._next)
+                self._next = slot + 1.0 / self._current_rate(now)
+            if slot <= now:
+                return
             time.sleep(slot - now)
+            if time.monotonic() - slot <= LATE_WAKEUP:
+                return
 
     def pause(self, seconds: float) -> None:
         """Let no call out for `seconds` from now (Stripe said we were too fast)."""

@@ -47,3 +47,24 @@ def test_a_throttled_bucket_spaces_its_calls_wider():
     for _ in range(5):
         bucket.acquire()
     assert time.monotonic() - began > 1.5 * fast
+
+
+def test_a_caller_that_wakes_late_takes_a_new_slot(monkeypatch):
+    """After a stall, a caller that wakes late goes on a fresh slot, so the next caller is still
+    a full slot behind it: no burst."""
+    clock = [1000.0]
+    sleeps = [0]
+
+    def sleep(seconds: float) -> None:
+        sleeps[0] += 1
+        clock[0] += seconds + (0.5 if sleeps[0] == 1 else 0.0)  # the first sleep overruns
+
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "sleep", sleep)
+    bucket = TokenBucket(rate=20)
+    returned = []
+    for _ in range(3):
+        bucket.acquire()
+        returned.append(clock[0])
+    assert returned[1] - returned[0] > 0.5  # the stalled one
+    assert returned[2] - returned[1] == pytest.approx(1 / bucket.rate)  # not right behind it
