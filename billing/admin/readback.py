@@ -123,18 +123,18 @@ class ReconciliationAdmin(RereportPermissionMixin, ReadOnlyAdmin):
         if period is None:
             self.message_user(request, "Nothing drifts in that reconciliation.", messages.INFO)
             return None
+        selection.initial = {
+            "preset": "custom",
+            "start": period[0],
+            "end": period[1],
+            "reason": f"Drift found by reconciliation #{checks[0].pk}",
+        }
         return rereport_page(
             self,
             request,
             selection=selection,
             post_url=request.get_full_path(),
             hidden=action_fields(request, action="report_drift_again"),
-            initial={
-                "preset": "custom",
-                "start": period[0],
-                "end": period[1],
-                "reason": f"Drift found by reconciliation #{checks[0].pk}",
-            },
         )
 
     def get_urls(self) -> list[URLPattern]:

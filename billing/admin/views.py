@@ -45,13 +45,12 @@ def rereport_page(
     selection: Selection,
     post_url: str,
     hidden: list[tuple[str, str]],
-    initial: dict[str, Any] | None = None,
 ) -> HttpResponse:
     """The re-report page: the period form, then the dry run's preview, then the real run.
 
     Every step posts back to `post_url` with `hidden` (the changelist and its action), so the
-    action, and with it the permission check, runs again on each post. `initial` fills the
-    form on the first step (a custom period, say).
+    action, and with it the permission check, runs again on each post. The selection's
+    `initial` fills the form on the first step (a custom period, say).
     """
     now = clock.now()
     step = request.POST.get("step") if request.method == "POST" else None
@@ -70,7 +69,7 @@ def rereport_page(
         presets=period_presets(selection=selection, now=now),
         meters=selection.meters,
         now=now,
-        initial=initial,
+        initial=selection.initial or None,
     )
     shown = None
     if step == PREVIEW and selection.usable and form.is_valid():

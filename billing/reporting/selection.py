@@ -35,6 +35,7 @@ class Selection:
     left_out_more: int = 0  # left-out rows not listed, beyond LEFT_OUT_SHOWN
     problems: list[str] = field(default_factory=list)
     source_run: ReportRun | None = None
+    initial: dict[str, Any] = field(default_factory=dict)  # what the period form starts with
 
     @property
     def usable(self) -> bool:
