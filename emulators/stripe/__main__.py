@@ -1,9 +1,10 @@
 """``python -m emulators.stripe [--host 127.0.0.1] [--port 12111] [--no-validate] [--state PATH]
 [--webhook URL[,thin|snapshot] ...] [--webhook-secret whsec_... ...] [--error-report-seconds 60]
-[--summary-delay 0]``.
+[--summary-delay 0] [--invoice-grace 3600] [--billing-seconds 5]``.
 
 Serves the Stripe emulator in the foreground until Ctrl-C (or SIGTERM). Its read-only page is at
-``/`` (JSON: ``/_emulator/state.json``).
+``/`` (JSON: ``/_emulator/state.json``); ``POST /_emulator/subscriptions/{id}/advance`` closes a
+subscription's period now (``controls.py``).
 
 ``--state PATH`` keeps the state (customers, products, prices, meters, subscriptions, meter
 events, identifiers, idempotency keys, emitted events) across restarts: it is loaded from PATH at
@@ -20,6 +21,10 @@ the n-th. Without it a random ``whsec_`` secret is made and printed.
 ``--error-report-seconds N`` emits the asynchronous meter event error reports every N seconds
 (default 60; 0 = never). ``--summary-delay S``: meter event summaries leave out events received
 less than S seconds ago (default 0).
+
+``--invoice-grace SECONDS``: a draft invoice is finalized that long after it was created (default
+3600, Stripe's hour). ``--billing-seconds N``: every N seconds, end the subscription periods that
+have ended and finalize the drafts whose grace has passed (default 5; 0 = never).
 """
 
 from __future__ import annotations
@@ -106,10 +111,28 @@ def main(argv: list[str] | None = None) -> int:
         metavar="S",
         help="event summaries leave out events received less than S seconds ago (default 0)",
     )
+    parser.add_argument(
+        "--invoice-grace",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="finalize a draft invoice that long after its creation (default 3600)",
+    )
+    parser.add_argument(
+        "--billing-seconds",
+        type=float,
+        default=5.0,
+        metavar="N",
+        help="every N seconds, end the periods that have ended and finalize the drafts that are "
+        "due (default 5; 0 = never)",
+    )
     args = parser.parse_args(argv)
+    if args.invoice_grace < 0:
+        parser.error("--invoice-grace must be 0 or more")
     hooks = _webhooks(parser, args.webhook, args.webhook_secret)
     fake = FakeStripe(validate=not args.no_validate)
     fake.summary_delay_seconds = args.summary_delay
+    fake.invoice_grace_seconds = args.invoice_grace
     for url, mode, secret in hooks:
         fake.add_webhook_destination(url, secret=secret, mode=mode)
     saver: AutoSaver | None = None
@@ -124,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if saver is not None:
         saver.start()
     fake.flush_error_reports_every(args.error_report_seconds)
+    fake.run_billing_every(args.billing_seconds)
     old_term = signal.signal(signal.SIGTERM, _interrupt)
     print(f"fake Stripe listening on {fake.url}", flush=True)
     for url, mode, secret in hooks:

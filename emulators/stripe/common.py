@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import calendar
 import hashlib
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl
@@ -55,6 +54,9 @@ KINDS = (
     "subscription",
     "subscription_item",
     "webhook_endpoint",
+    "invoice",
+    "invoiceitem",
+    "credit_note",
 )
 _LABELS = {
     "customer": "customer",
@@ -64,6 +66,9 @@ _LABELS = {
     "subscription": "subscription",
     "subscription_item": "subscription item",
     "webhook_endpoint": "webhook endpoint",
+    "invoice": "invoice",
+    "invoiceitem": "invoiceitem",
+    "credit_note": "credit note",
 }
 _PREFIXES = {
     "customer": "cus_",
@@ -73,6 +78,9 @@ _PREFIXES = {
     "subscription": "sub_",
     "subscription_item": "si_",
     "webhook_endpoint": "we_",
+    "invoice": "in_",
+    "invoiceitem": "ii_",
+    "credit_note": "cn_",
 }
 # Update operations that refuse fields outside their schema even with validate=False: that
 # refusal is how Stripe keeps prices immutable and meters fixed except for their display name.
@@ -282,20 +290,6 @@ def _merge_metadata(current: dict[str, str], new: Any) -> dict[str, str]:
         else:
             out[k] = v
     return out
-
-
-def _add_interval(ts: int, interval: str, count: int) -> int:
-    dt = datetime.fromtimestamp(ts, UTC)
-    if interval == "day":
-        dt += timedelta(days=count)
-    elif interval == "week":
-        dt += timedelta(weeks=count)
-    else:
-        months = dt.month - 1 + count * (12 if interval == "year" else 1)
-        year, month = dt.year + months // 12, months % 12 + 1
-        day = min(dt.day, calendar.monthrange(year, month)[1])
-        dt = dt.replace(year=year, month=month, day=day)
-    return int(dt.timestamp())
 
 
 def _created_matches(created: int, flt: Any) -> bool:

@@ -1,11 +1,13 @@
 """The events FakeStripe emits (a mixin): snapshot and thin events, ``GET /v2/core/events/{id}``,
-and the asynchronous meter event error reports.
+the webhook endpoint objects (``/v1/webhook_endpoints``) and the asynchronous meter event error
+reports.
 
 :meth:`emit_event` is the one way to emit. Every event is kept in ``fake.events`` (oldest first)
 and queued for the matching webhook destinations (``webhooks.py``):
 
 - snapshot (v1) events: ``{"id": "evt_…", "object": "event", "api_version", "created": <epoch>,
-  "data": {"object": <a copy of the object as it is now>}, "livemode": false, "pending_webhooks":
+  "data": {"object": <a copy of the object as it is now>, "previous_attributes": <the changed
+  fields' old values, ``*.updated`` events only>}, "livemode": false, "pending_webhooks":
   <matching destinations>, "request": {"id", "idempotency_key"}, "type"}``, posted whole.
 - thin (v2) events: ``{"id": "evt_test_…", "object": "v2.core.event", "context": null, "created":
   <RFC 3339>, "data": {…}, "livemode": false, "reason": null | {"type": "request", "request": {"id",
@@ -36,6 +38,7 @@ from .common import (
     Json,
     _Ctx,
     _dumps,
+    _merge_metadata,
     _route,
     rfc3339,
 )
@@ -59,12 +62,14 @@ class _Events:
         *,
         thin: bool = False,
         related_object: Json | None = None,
+        previous_attributes: Json | None = None,
     ) -> Json:
         """Store an event and queue it for every matching webhook destination; return it.
 
         Snapshot (``thin=False``): ``data.object`` is a copy of ``data_object`` as it is now.
         Thin: ``data`` is ``data_object``; ``related_object`` is ``{"id", "type", "url"}`` or
-        None. Emitted while a request is served, the event carries that request in ``request``
+        None. ``previous_attributes`` (snapshot only) goes to ``data.previous_attributes``.
+        Emitted while a request is served, the event carries that request in ``request``
         (snapshot) or ``reason`` (thin), its deliveries start once the request has answered, and
         it is dropped if the request fails.
         """
@@ -94,12 +99,15 @@ class _Events:
                     del notification["related_object"]
                 payload = _dumps(notification)
             else:
+                body: Json = {"object": data}
+                if previous_attributes is not None:
+                    body["previous_attributes"] = json.loads(_dumps(previous_attributes))
                 event = {
                     "id": "evt_" + secrets.token_hex(12),
                     "object": "event",
                     "api_version": API_VERSION,
                     "created": self._now(),
-                    "data": {"object": data},
+                    "data": body,
                     "livemode": False,
                     "pending_webhooks": len(destinations),
                     "request": {
@@ -121,6 +129,35 @@ class _Events:
             if event["id"] == event_id and event["object"] == "v2.core.event":
                 return dict(event)
         raise ApiError(404, f"No such event: '{event_id}'", code="not_found")
+
+    # ------------------------------------------------------------------ webhook endpoints
+
+    @_route("POST", "/v1/webhook_endpoints")
+    def _webhook_create(self, ctx: _Ctx, p: Json, _ev: list[Json]) -> Json:
+        obj: Json = {
+            "id": self._new_id("webhook_endpoint"),
+            "object": "webhook_endpoint",
+            "api_version": p.get("api_version"),
+            "application": None,
+            "created": self._now(),
+            "description": p.get("description") or None,
+            "enabled_events": p.get("enabled_events", []),
+            "livemode": ctx.livemode,
+            "metadata": _merge_metadata({}, p.get("metadata", {})),
+            "secret": "whsec_" + secrets.token_hex(16),
+            "status": "enabled",
+            "url": p.get("url"),
+        }
+        self._put("webhook_endpoint", obj)
+        return obj
+
+    @_route("GET", "/v1/webhook_endpoints")
+    def _webhook_list(self, ctx: _Ctx, p: Json, _ev: list[Json]) -> Json:
+        items = [
+            {k: v for k, v in we.items() if k != "secret"}
+            for we in self._newest_first("webhook_endpoint")
+        ]
+        return self._list(ctx, items, p, "/v1/webhook_endpoints")
 
     # ------------------------------------------------------------------ asynchronous errors
 

@@ -24,18 +24,26 @@ answered 200, kept out of the windows, recorded in ``async_errors`` and reported
 ``flush_error_reports()`` as thin events (``events.py``). Emitted events are kept in ``events``
 and delivered to webhook destinations (``add_webhook_destination``, ``webhooks.py``).
 
-Stripe time (``created``, the 35-day / 5-minute / 24-hour rules, session expiry) comes from
-``clock``; the ``rate_limit_per_second`` window uses the real monotonic clock. Its 429s carry
-``Stripe-Should-Retry: <rate_limit_should_retry>`` when that is set (True or False).
+Stripe time (``created``, the 35-day / 5-minute / 24-hour rules, session expiry, the invoice
+grace period) comes from ``clock``; the ``rate_limit_per_second`` window uses the real monotonic
+clock. Its 429s carry ``Stripe-Should-Retry: <rate_limit_should_retry>`` when that is set.
 
-The endpoints live in mixins by concern: ``catalog.py`` (customers, products, prices),
+Billing: subscriptions have periods on their items (``periods.py``); ``advance_subscription``
+ends one now and leaves a draft invoice, which ``finalize_due_invoices`` finalizes once
+``invoice_grace_seconds`` have passed (``cycle.py``); invoice items and credit notes correct
+invoices (``corrections.py``).
+
+The endpoints live in mixins by concern: ``catalog.py`` (customers, products), ``prices.py``,
 ``meters.py`` (billing meters), ``meter_events.py`` (v1 meter events and adjustments, the
-rules), ``summaries.py`` (event summaries), ``subscriptions.py`` (subscriptions, items, webhook
-endpoints), ``v2.py`` (v2 meter events), ``events.py`` (emitted events, ``/v2/core/events``,
-error reports), ``webhooks.py`` (destinations, signed delivery); ``pipeline.py`` is the request
-pipeline and the faults, ``server.py`` the HTTP plumbing, ``common.py`` the common types and
-helpers, ``state.py`` saves and loads the state, ``page.py`` and ``snapshot.py`` make the
-read-only page at ``/`` (what the emulator holds, for a person). This class holds the state.
+rules), ``summaries.py`` (event summaries), ``subscriptions.py`` and ``subscription_items.py``,
+``invoices.py`` (with ``invoice_lines.py``), ``cycle.py``, ``corrections.py``, ``v2.py`` (v2
+meter events), ``events.py`` (emitted events, ``/v2/core/events``, webhook endpoints, error
+reports), ``webhooks.py`` (destinations, signed delivery); ``pipeline.py`` is the request
+pipeline and the faults, ``server.py`` the HTTP plumbing, ``controls.py`` the ``/_emulator``
+controls, ``common.py`` the common types and helpers, ``inspection.py`` the ``billed_*`` views,
+``state.py`` saves and loads the state, ``page.py`` (``page_html.py``, ``page_billing.py``) and
+``snapshot.py`` (``snapshot_billing.py``) make the read-only page at ``/`` (what the emulator
+holds, for a person). This class holds the state.
 
 Run ``python -m emulators.stripe --port 12111 [--state PATH]`` to serve it by hand (``--help``).
 """
@@ -47,31 +55,33 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from decimal import Decimal
 
 from . import contract
 from .catalog import _Catalog
 from .common import (
     _PREFIXES,
     _ROUTES,
-    HOUR,
     KINDS,
-    WINDOW_SECONDS,
     ApiError,
     Json,
-    _aggregate,
     _Ctx,
     _Event,
     _Fault,
     _missing,
     _Stored,
 )
+from .corrections import _Corrections
+from .cycle import _Cycle
 from .events import _Events
+from .inspection import _Inspection
+from .invoices import _Invoices
 from .meter_events import _MeterEvents
 from .meters import _Meters
 from .pipeline import _Pipeline
+from .prices import _Prices
 from .server import _Server
 from .state import _State
+from .subscription_items import _SubscriptionItems
 from .subscriptions import _Subscriptions
 from .summaries import _Summaries
 from .v2 import _V2
@@ -80,11 +90,17 @@ from .webhooks import _Deliverer, _Destination, _Job, _Webhooks
 
 class FakeStripe(
     _Pipeline,
+    _Inspection,
     _Catalog,
+    _Prices,
     _Meters,
     _MeterEvents,
     _Summaries,
     _Subscriptions,
+    _SubscriptionItems,
+    _Invoices,
+    _Cycle,
+    _Corrections,
     _V2,
     _Events,
     _Webhooks,
@@ -124,6 +140,8 @@ class FakeStripe(
         self._created: list[tuple[str, str]] = []  # objects created by the current request
         self._changes = 0  # see change_count
         self.summary_delay_seconds: float = 0.0  # see summaries.py
+        self.invoice_grace_seconds: float = 3600.0  # drafts finalize after it (cycle.py)
+        self._billing_timer: threading.Event | None = None
         self.events: list[Json] = []  # every emitted event, oldest first (events.py)
         self._error_reports: list[Json] = []  # async_errors not reported yet
         self._report_timer: threading.Event | None = None
@@ -153,8 +171,10 @@ class FakeStripe(
         return self
 
     def stop(self) -> None:
-        """Stop serving; also stops the error report timer and abandons undelivered webhooks."""
+        """Stop serving; also stops the error report and billing timers and abandons undelivered
+        webhooks."""
         self.flush_error_reports_every(None)
+        self.run_billing_every(None)
         self._deliverer.stop()
         server, self._server = self._server, None
         if server is None:
@@ -174,7 +194,8 @@ class FakeStripe(
 
     def reset(self) -> None:
         """Forget all objects, meter events, emitted events, requests, faults and switches (clock
-        back to time.time, summary delay 0), the webhook destinations and undelivered webhooks.
+        back to time.time, summary delay 0, invoice grace 3600 s), the webhook destinations and
+        undelivered webhooks.
         """
         with self._lock:
             self.events.clear()
@@ -182,6 +203,7 @@ class FakeStripe(
             self._destinations.clear()
             self._deliverer.clear()
             self.summary_delay_seconds = 0.0
+            self.invoice_grace_seconds = 3600.0
             for kind in KINDS:
                 self.objects.setdefault(kind, {}).clear()
             self.meter_events.clear()
@@ -206,62 +228,6 @@ class FakeStripe(
             self._rate_window.clear()
             self._changes += 1
 
-    # ------------------------------------------------------------------ inspection
-
-    def billed_value(self, meter_id: str, customer_id: str, window_start: int) -> Decimal | None:
-        """What Stripe keeps for that window: the latest received event's value on a meter with an
-        ``event_time_window`` (raw meters: the formula over that hour's events); None if none.
-        The ``billed_*`` methods count every accepted event at once (no summary delay)."""
-        with self._lock:
-            meter = self.objects["billing.meter"].get(meter_id)
-            if meter is None:
-                return None
-            size = self._window_size(meter)
-            start = int(window_start) - int(window_start) % size
-            events = self._buckets.get(meter_id, {}).get(customer_id, {}).get(start)
-            return self._bucket_value(meter, events) if events else None
-
-    def billed_windows(self, meter_id: str) -> dict[tuple[str, int], Decimal]:
-        """(customer id, window start epoch) -> value kept for it, for every non-empty window."""
-        with self._lock:
-            meter = self.objects["billing.meter"].get(meter_id)
-            if meter is None:
-                return {}
-            return {
-                (customer, start): self._bucket_value(meter, events)
-                for customer, windows in self._buckets.get(meter_id, {}).items()
-                for start, events in windows.items()
-                if events
-            }
-
-    def billed_total(self, meter_id: str, customer_id: str) -> Decimal:
-        with self._lock:
-            meter = self.objects["billing.meter"].get(meter_id)
-            if meter is None:
-                return Decimal(0)
-            windows = self._buckets.get(meter_id, {}).get(customer_id, {})
-            return sum((self._bucket_value(meter, ev) for ev in windows.values() if ev), Decimal(0))
-
-    def busiest_second(self, method: str, path_prefix: str) -> int:
-        """The most matching requests that arrived within any one second."""
-        with self._lock:
-            times = sorted(
-                t
-                for (m, p), t in zip(self.requests, self.arrivals, strict=True)
-                if m == method and p.startswith(path_prefix)
-            )
-        busiest, lo = 0, 0
-        for hi, t in enumerate(times):
-            while t - times[lo] >= 1.0:
-                lo += 1
-            busiest = max(busiest, hi - lo + 1)
-        return busiest
-
-    def count(self, method: str, path_prefix: str) -> int:
-        method = method.upper()
-        with self._lock:
-            return sum(1 for m, p in self.requests if m == method and p.startswith(path_prefix))
-
     # ------------------------------------------------------------------ helpers
 
     def _now(self) -> int:
@@ -285,17 +251,6 @@ class FakeStripe(
         if obj is None:
             raise _missing(kind, obj_id, param=param, status=status)
         return obj
-
-    @staticmethod
-    def _window_size(meter: Json) -> int:
-        return WINDOW_SECONDS.get(meter.get("event_time_window") or "", HOUR)
-
-    @staticmethod
-    def _bucket_value(meter: Json, events: list[_Event]) -> Decimal:
-        formula = meter["default_aggregation"]["formula"]
-        if meter.get("event_time_window"):
-            return events[-1].value  # pre-aggregated: latest received event wins
-        return _aggregate(formula, events)
 
     def _list(self, ctx: _Ctx, items: list[Json], params: Json, url: str) -> Json:
         """Stripe list object over ``items`` (already in list order), cursor-paginated."""

@@ -8,12 +8,16 @@ JSON (see ``snapshot.py``). No authentication, no contract checks, not counted i
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
-from decimal import Decimal
-from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .snapshot import Json, decimals, snapshot, utc
+from .page_billing import created_invoices, credit_notes, invoice_items, upcoming_invoices
+from .page_html import Name as _Name
+from .page_html import code as _code
+from .page_html import e as _e
+from .page_html import status as _status
+from .page_html import table as _table
+from .page_html import td as _td
+from .snapshot import Json, snapshot, utc
 
 if TYPE_CHECKING:
     from .fake import FakeStripe
@@ -22,7 +26,6 @@ PAGE_PATHS = frozenset({"/", "/_emulator", "/_emulator/"})
 STATE_PATH = "/_emulator/state.json"
 WINDOWS_SHOWN = 72  # per customer and meter, newest first
 
-_Name = Callable[[str], str]  # an id -> its HTML label
 
 _STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:1.5rem auto;max-width:72rem;padding:0 1rem;
@@ -35,7 +38,8 @@ th{background:#f0f3f7;font-weight:600}td.num{text-align:right;font-variant-numer
 td.t{white-space:nowrap}td .name{display:block}table.narrow{width:auto;min-width:24rem}
 code{font:12px ui-monospace,monospace;overflow-wrap:anywhere}
 .muted{color:#697386}.total{font-weight:600}
-.status-active{color:#0a7d32}.status-canceled,.status-inactive{color:#a2282c}
+.status-active,.status-paid{color:#0a7d32}.status-canceled,.status-inactive{color:#a2282c}
+.status-draft{color:#8a5a00}.status-open{color:#1f5fbf}
 """
 
 
@@ -47,31 +51,6 @@ def respond(fake: FakeStripe, raw_path: str) -> tuple[str, bytes] | None:
     if path in PAGE_PATHS:
         return "text/html; charset=utf-8", render(snapshot(fake), fake.url).encode()
     return None
-
-
-def _e(value: Any) -> str:
-    return "" if value is None else escape(str(value))
-
-
-def _code(value: Any) -> str:
-    return f"<code>{_e(value)}</code>" if value else ""
-
-
-def _table(headers: Iterable[str], rows: list[list[str]], empty: str, cls: str = "") -> str:
-    if not rows:
-        return f'<p class="muted">{_e(empty)}</p>'
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(cells) + "</tr>" for cells in rows)
-    attr = f' class="{cls}"' if cls else ""
-    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _td(html: str, cls: str = "") -> str:
-    return f'<td class="{cls}">{html}</td>' if cls else f"<td>{html}</td>"
-
-
-def _status(status: Any) -> str:
-    return f'<span class="status-{_e(status)}">{_e(status)}</span>'
 
 
 def render(data: Json, url: str = "") -> str:
@@ -111,8 +90,14 @@ def render(data: Json, url: str = "") -> str:
         ),
         "<h2>Subscriptions</h2>",
         _subscriptions(data["subscriptions"], who, meter_name),
-        "<h2>Open invoices (metered items, current period)</h2>",
-        _invoices(data["invoices"], who, meter_name),
+        "<h2>Upcoming invoices (current period, usage so far)</h2>",
+        upcoming_invoices(data["invoices"], who, meter_name),
+        "<h2>Invoices</h2>",
+        created_invoices(data["invoices_created"], who),
+        "<h2>Invoice items</h2>",
+        invoice_items(data["invoice_items"], who),
+        "<h2>Credit notes</h2>",
+        credit_notes(data["credit_notes"], who),
         "<h2>Meters</h2>",
         _table(
             ["Meter", "Display name", "Event name", "Window", "Formula", "Status"],
@@ -176,44 +161,6 @@ def _subscriptions(subs: list[Json], who: _Name, meter_name: _Name) -> str:
             )
     headers = ["Subscription", "Customer", "Status", "Price", "Usage", "Period start", "Period end"]
     return _table(headers, rows, "No subscriptions.")
-
-
-def _unit_price(unit: str | None, currency: str) -> str:
-    if unit is None:
-        return "not per unit"
-    places = decimals(currency)
-    major = Decimal(unit).scaleb(-places).normalize()
-    if int(major.as_tuple().exponent) > -places:  # at least the currency's decimals
-        major = major.quantize(Decimal(1).scaleb(-places))
-    return f"{format(major, 'f')} {currency.upper()}"
-
-
-def _invoices(invoices: list[Json], who: _Name, meter_name: _Name) -> str:
-    if not invoices:
-        return '<p class="muted">No active subscriptions.</p>'
-    out = []
-    for inv in invoices:
-        rows = [
-            [
-                _td(meter_name(line["meter"])),
-                _td(f"{_e(utc(line['period_start']))} &ndash; {_e(utc(line['period_end']))}", "t"),
-                _td(_e(line["quantity"]), "num"),
-                _td(_e(_unit_price(line["unit_amount_decimal"], inv["currency"])), "num"),
-                _td(_e(line["display"] or "not computed"), "num"),
-            ]
-            for line in inv["lines"]
-        ]
-        rows.append(
-            [
-                '<td colspan=4 class="total">Total now</td>',
-                _td(f'<span class="total">{_e(inv["display"])}</span>', "num"),
-            ]
-        )
-        out.append(f"<h3>{_code(inv['subscription'])} · {who(inv['customer'])}</h3>")
-        out.append(
-            _table(["Meter", "Period", "Quantity", "Unit price", "Amount"], rows, "No items.")
-        )
-    return "\n".join(out)
 
 
 def _usage(windows: list[Json], who: _Name, meter_name: _Name) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import threading
@@ -9,7 +10,7 @@ import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from . import page
+from . import controls, page
 
 if TYPE_CHECKING:
     from .fake import FakeStripe
@@ -95,7 +96,18 @@ class _Handler(BaseHTTPRequestHandler):
         self._write(status, content_type, payload, {"Cache-Control": "no-store"})
 
     def do_POST(self) -> None:
-        self._serve("POST")
+        try:  # the emulator's controls, outside the API
+            found = controls.respond(self.server.fake, self.path)
+        except Exception as exc:  # a bug in the fake: say so instead of hanging up
+            traceback.print_exc(file=sys.stderr)
+            error = {"message": f"control failed: {exc!r}", "type": "api_error"}
+            found = (500, json.dumps({"error": error}).encode())
+        if found is None:
+            self._serve("POST")
+            return
+        self._read_body()
+        status, payload = found
+        self._write(status, "application/json", payload, {"Cache-Control": "no-store"})
 
     def do_DELETE(self) -> None:
         self._serve("DELETE")

@@ -2,39 +2,24 @@
 read-only page at ``/`` (``page.py``).
 
 Window values come from :meth:`FakeStripe.billed_windows` (the value Stripe keeps per customer and
-window). An open invoice bills, per subscription item with a metered price, the sum of the billed
-windows of the item's meter and customer whose start lies in the item's current period
-``[current_period_start, current_period_end)``, times the price's ``unit_amount_decimal`` (minor
-units), rounded half up to a whole minor unit. Licensed items are left out.
+window). The invoices, invoice items and credit notes come from ``snapshot_billing.py``: each
+active subscription's upcoming invoice computed now (what ``create_preview`` answers), and the
+invoices Stripe created.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+
+from .snapshot_billing import billing, decimals, money
 
 if TYPE_CHECKING:
     from .fake import FakeStripe
 
 Json = dict[str, Any]
-
-# Stripe's zero-decimal and three-decimal currencies; all others have two decimals.
-ZERO_DECIMAL = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
-THREE_DECIMAL = frozenset("bhd jod kwd omr tnd".split())
-
-
-def decimals(currency: str) -> int:
-    code = currency.lower()
-    return 0 if code in ZERO_DECIMAL else 3 if code in THREE_DECIMAL else 2
-
-
-def money(minor: int, currency: str) -> str:
-    """Minor units as money: ``money(1234, "usd") == "12.34 USD"``, ``money(500, "jpy") ==
-    "500 JPY"``."""
-    places = decimals(currency)
-    major = Decimal(minor).scaleb(-places)
-    return f"{major:.{places}f} {currency.upper()}"
+__all__ = ["decimals", "money", "number", "snapshot", "utc"]
 
 
 def number(value: Decimal) -> str:
@@ -53,8 +38,9 @@ EVENTS_SHOWN = 20  # recent emitted events and webhook delivery attempts
 
 
 def snapshot(fake: FakeStripe) -> Json:
-    """Customers, subscriptions, meters, billed windows (newest first), open invoices, and the
-    latest emitted events and webhook delivery attempts (newest first)."""
+    """Customers, subscriptions, meters, billed windows (newest first), upcoming and created
+    invoices, invoice items, credit notes, and the latest emitted events and webhook delivery
+    attempts (newest first)."""
     deliveries = fake._deliverer.recorded()[-EVENTS_SHOWN:]
     with fake._lock:
         events = [_event(e) for e in fake.events[-EVENTS_SHOWN:]]
@@ -65,7 +51,7 @@ def snapshot(fake: FakeStripe) -> Json:
         customers = [_customer(c) for c in fake._newest_first("customer")]
         subs = fake._newest_first("subscription")
         subscriptions = [_subscription(s) for s in subs]
-        invoices = [_invoice(s, billed) for s in subs if s["status"] == "active"]
+        invoicing = billing(fake, subs)
         meter_rows = [_meter(m) for m in reversed(meters)]
     windows = [
         {"customer": customer, "meter": meter_id, "window_start": start, "value": number(value)}
@@ -79,7 +65,7 @@ def snapshot(fake: FakeStripe) -> Json:
         "subscriptions": subscriptions,
         "meters": meter_rows,
         "windows": windows,
-        "invoices": invoices,
+        **invoicing,
         "events": events[::-1],
         "pending_error_reports": pending_reports,
         "deliveries": [
@@ -150,50 +136,4 @@ def _subscription(s: Json) -> Json:
         "currency": s.get("currency"),
         "created": s.get("created"),
         "items": items,
-    }
-
-
-def _invoice(s: Json, billed: dict[str, dict[tuple[str, int], Decimal]]) -> Json:
-    currency = str(s.get("currency") or "usd")
-    lines: list[Json] = []
-    total = 0
-    for si in s["items"]["data"]:
-        price = si["price"]
-        meter_id = (price.get("recurring") or {}).get("meter")
-        if not meter_id:
-            continue
-        start, end = si["current_period_start"], si["current_period_end"]
-        quantity = sum(
-            (
-                value
-                for (customer, window), value in billed.get(meter_id, {}).items()
-                if customer == s["customer"] and start <= window < end
-            ),
-            Decimal(0),
-        )
-        unit = price.get("unit_amount_decimal")
-        amount: int | None = None
-        if unit is not None:
-            amount = int((quantity * Decimal(unit)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
-            total += amount
-        lines.append(
-            {
-                "item": si["id"],
-                "price": price["id"],
-                "meter": meter_id,
-                "period_start": start,
-                "period_end": end,
-                "quantity": number(quantity),
-                "unit_amount_decimal": unit,
-                "amount": amount,
-                "display": money(amount, currency) if amount is not None else None,
-            }
-        )
-    return {
-        "subscription": s["id"],
-        "customer": s["customer"],
-        "currency": currency,
-        "amount": total,
-        "display": money(total, currency),
-        "lines": lines,
     }

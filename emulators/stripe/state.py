@@ -1,9 +1,11 @@
 """Saving and loading FakeStripe's state (``python -m emulators.stripe --state PATH``; a mixin).
 
-Only the plain data is saved: objects, meter events and their windows, identifier and idempotency
-records, meter event sessions, emitted events and the asynchronous errors not reported yet. Not
-saved: the request log, faults and switches, the clock, the callback, the server, the summary
-delay, webhook destinations and deliveries (a restarted emulator delivers only new events).
+Only the plain data is saved: objects (invoices, invoice items and credit notes among them, in
+``objects``), meter events and their windows, identifier and idempotency records, meter event
+sessions, emitted events and the asynchronous errors not reported yet. Not saved: the request log,
+faults and switches, the clock, the callback, the server, the summary delay, the invoice grace,
+the timers, webhook destinations and deliveries (a restarted emulator delivers only new events).
+A file from before invoices existed loads with none.
 """
 
 from __future__ import annotations

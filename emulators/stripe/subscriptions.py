@@ -1,121 +1,43 @@
-"""Subscriptions, subscription items and webhook endpoints of FakeStripe (a mixin)."""
+"""Subscriptions (a mixin): create (with a billing cycle anchor, periods.py), update, cancel,
+list, and the ``customer.subscription.*`` events they emit.
+
+Emitted as snapshot events: ``customer.subscription.created`` on create (then the subscription's
+first invoice, invoices.py), ``customer.subscription.updated`` with ``previous_attributes`` when
+an update (of the subscription or of its items) or a new billing period changes it, and
+``customer.subscription.deleted`` on cancel.
+"""
 
 from __future__ import annotations
 
-import secrets
+import json
 
 from .common import (
     DAY,
     ApiError,
     Json,
-    _add_interval,
     _created_matches,
     _Ctx,
+    _dumps,
     _merge_metadata,
     _missing,
-    _pname,
     _route,
 )
+from .periods import cycle_anchor
 
 
 class _Subscriptions:
-    """Subscription, subscription item and webhook endpoint endpoints."""
-
-    # ------------------------------------------------------------------ subscriptions
-
-    def _item_price(self, ctx: _Ctx, item: Json, param: str) -> Json:
-        """Resolve an item's ``price``/``price_data`` (``param`` = "items[0]" or "" top-level)."""
-        if isinstance(item.get("price_data"), dict):
-            return self._make_price(ctx, dict(item["price_data"]), _pname(param, "price_data"))
-        price_id = item.get("price")
-        name = _pname(param, "price")
-        if not price_id:
-            raise ApiError(
-                400, f"Missing required param: {name}.", code="parameter_missing", param=name
-            )
-        price = self._get("price", price_id, param=name, status=400)
-        if not price["active"]:
-            raise ApiError(
-                400,
-                "The price specified is inactive. This field only accepts active prices.",
-                param=name,
-            )
-        if price["type"] != "recurring":
-            raise ApiError(
-                400,
-                "The price specified is set to `type=one_time` but this field only accepts "
-                "prices with `type=recurring`.",
-                param=name,
-            )
-        return price
+    """Subscription endpoints and their events; state lives on :class:`FakeStripe`."""
 
     @staticmethod
-    def _check_quantity(price: Json, item: Json, param: str) -> None:
-        if price["recurring"]["usage_type"] == "metered" and "quantity" in item:
-            where = f" Remove quantity from `{param}`." if param else ""
-            raise ApiError(
-                400,
-                f"Quantity should not be specified where usage_type is `metered`.{where}",
-                param=_pname(param, "quantity"),
-            )
+    def _sub_copy(sub: Json) -> Json:
+        return json.loads(_dumps(sub))
 
-    def _new_item(self, ctx: _Ctx, sub: Json, price: Json, item: Json) -> Json:
-        now = self._now()
-        rec = price["recurring"]
-        # The item's period is the subscription's billing cycle that holds now: periods run from
-        # the cycle anchor (creation, or a backdated start) in steps of the price's interval.
-        start = sub["billing_cycle_anchor"]
-        end = _add_interval(start, rec["interval"], rec["interval_count"])
-        while end <= now:
-            start, end = end, _add_interval(end, rec["interval"], rec["interval_count"])
-        si: Json = {
-            "id": self._new_id("subscription_item"),
-            "object": "subscription_item",
-            "billing_thresholds": None,
-            "created": now,
-            "current_period_end": end,
-            "current_period_start": start,
-            "discounts": [],
-            "metadata": _merge_metadata({}, item.get("metadata", {})),
-            "price": price,
-            "subscription": sub["id"],
-            "tax_rates": [],
-        }
-        if rec["usage_type"] != "metered":
-            si["quantity"] = item.get("quantity", 1)
-        self._put("subscription_item", si)
-        return si
-
-    @staticmethod
-    def _refresh_items(sub: Json, items: list[Json]) -> None:
-        sub["items"] = {
-            "object": "list",
-            "data": items,
-            "has_more": False,
-            "total_count": len(items),
-            "url": f"/v1/subscription_items?subscription={sub['id']}",
-        }
-
-    def _check_new_prices(self, sub_currency: str | None, prices: list[tuple[Json, str]]) -> None:
-        seen: set[str] = set()
-        currency = sub_currency
-        for price, param in prices:
-            if price["id"] in seen:
-                raise ApiError(
-                    400,
-                    f"Cannot add multiple subscription items with the same price: {price['id']}.",
-                    param=f"{param}[price]",
-                )
-            seen.add(price["id"])
-            if currency is None:
-                currency = price["currency"]
-            elif price["currency"] != currency:
-                raise ApiError(
-                    400,
-                    "All prices on a subscription must have the same currency "
-                    f"({currency} vs {price['currency']}).",
-                    param=f"{param}[price]",
-                )
+    def _sub_changed(self, sub: Json, before: Json) -> None:
+        """Emit ``customer.subscription.updated`` if ``sub`` differs from ``before``."""
+        after = self._sub_copy(sub)
+        changed = {k: before.get(k) for k, v in after.items() if before.get(k) != v}
+        if changed:
+            self.emit_event("customer.subscription.updated", sub, previous_attributes=changed)
 
     @_route("POST", "/v1/subscriptions")
     def _subscription_create(self, ctx: _Ctx, p: Json, _ev: list[Json]) -> Json:
@@ -147,14 +69,16 @@ class _Subscriptions:
                 "backdate_start_date must be in the past.",
                 param="backdate_start_date",
             )
+        anchor, anchor_config = cycle_anchor(
+            p, [price["recurring"] for price, _ in resolved], start, now
+        )
         sub: Json = {
             "id": self._new_id("subscription"),
             "object": "subscription",
             "application": None,
             "application_fee_percent": None,
-            "automatic_tax": {"enabled": False, "liability": None},
-            "billing_cycle_anchor": p.get("billing_cycle_anchor", start),
-            "billing_cycle_anchor_config": None,
+            "billing_cycle_anchor": anchor,
+            "billing_cycle_anchor_config": anchor_config,
             "billing_mode": {"type": (p.get("billing_mode") or {}).get("type", "classic")},
             "billing_thresholds": None,
             "cancel_at": p.get("cancel_at") if isinstance(p.get("cancel_at"), int) else None,
@@ -198,6 +122,10 @@ class _Subscriptions:
         ]
         self._refresh_items(sub, created)
         self._put("subscription", sub)
+        customer = self.objects["customer"][customer_id]
+        if customer.get("currency") is None:  # Stripe sets it with the first subscription
+            customer["currency"] = sub["currency"]
+        self._subscription_opened(sub)
         return sub
 
     @_route("GET", "/v1/subscriptions/{subscription_exposed_id}")
@@ -212,6 +140,7 @@ class _Subscriptions:
                 400,
                 "A canceled subscription can only update its cancellation_details and metadata.",
             )
+        before = self._sub_copy(sub)
         current: list[Json] = list(sub["items"]["data"])
         by_id = {si["id"]: si for si in current}
         updates: list[tuple[Json, Json, str, Json | None]] = []  # (si, item, param, new price)
@@ -275,25 +204,29 @@ class _Subscriptions:
             sub["metadata"] = _merge_metadata(sub["metadata"], p["metadata"])
         if isinstance(p.get("cancellation_details"), dict):
             sub["cancellation_details"].update(p["cancellation_details"])
+        self._sub_changed(sub, before)
         return sub
 
     @_route("DELETE", "/v1/subscriptions/{subscription_exposed_id}")
     def _subscription_cancel(self, ctx: _Ctx, p: Json, _ev: list[Json]) -> Json:
         sub = self._get("subscription", ctx.path_params["subscription_exposed_id"])
         if sub["status"] != "canceled":
-            now = self._now()
-            details = p.get("cancellation_details") or {}
-            sub.update(
-                status="canceled",
-                canceled_at=now,
-                ended_at=now,
-                cancellation_details={
-                    "comment": details.get("comment") or None,
-                    "feedback": details.get("feedback") or None,
-                    "reason": "cancellation_requested",
-                },
-            )
+            self._cancel(sub, p.get("cancellation_details") or {}, "cancellation_requested")
         return sub
+
+    def _cancel(self, sub: Json, details: Json, reason: str) -> None:
+        now = self._now()
+        sub.update(
+            status="canceled",
+            canceled_at=now,
+            ended_at=now,
+            cancellation_details={
+                "comment": details.get("comment") or None,
+                "feedback": details.get("feedback") or None,
+                "reason": reason,
+            },
+        )
+        self.emit_event("customer.subscription.deleted", sub)
 
     @_route("GET", "/v1/subscriptions")
     def _subscription_list(self, ctx: _Ctx, p: Json, _ev: list[Json]) -> Json:
@@ -314,110 +247,3 @@ class _Subscriptions:
 
         items = [sub for sub in self._newest_first("subscription") if keep(sub)]
         return self._list(ctx, items, p, "/v1/subscriptions")
-
-    # ------------------------------------------------------------------ subscription items
-
-    @_route("GET", "/v1/subscription_items")
-    def _si_list(self, ctx: _Ctx, p: Json, _ev: list[Json]) -> Json:
-        sub_id = p.get("subscription")
-        if not sub_id:
-            raise ApiError(
-                400,
-                "Missing required param: subscription.",
-                code="parameter_missing",
-                param="subscription",
-            )
-        sub = self._get("subscription", sub_id, param="subscription", status=400)
-        return self._list(ctx, list(sub["items"]["data"]), p, "/v1/subscription_items")
-
-    @_route("POST", "/v1/subscription_items")
-    def _si_create(self, ctx: _Ctx, p: Json, _ev: list[Json]) -> Json:
-        sub_id = p.get("subscription")
-        if not sub_id:
-            raise ApiError(
-                400,
-                "Missing required param: subscription.",
-                code="parameter_missing",
-                param="subscription",
-            )
-        sub = self._get("subscription", sub_id, param="subscription", status=400)
-        if sub["status"] == "canceled":
-            raise ApiError(400, "You cannot add items to a canceled subscription.")
-        price = self._item_price(ctx, p, "")
-        self._check_quantity(price, p, "")
-        self._check_new_prices(
-            None, [(si["price"], "price") for si in sub["items"]["data"]] + [(price, "")]
-        )
-        si = self._new_item(ctx, sub, price, p)
-        self._refresh_items(sub, [*sub["items"]["data"], si])
-        return si
-
-    @_route("GET", "/v1/subscription_items/{item}")
-    def _si_retrieve(self, ctx: _Ctx, p: Json, _ev: list[Json]) -> Json:
-        return self._get("subscription_item", ctx.path_params["item"])
-
-    @_route("POST", "/v1/subscription_items/{item}")
-    def _si_update(self, ctx: _Ctx, p: Json, _ev: list[Json]) -> Json:
-        si = self._get("subscription_item", ctx.path_params["item"])
-        sub = self.objects["subscription"][si["subscription"]]
-        price = si["price"]
-        if p.get("price") or p.get("price_data"):
-            price = self._item_price(ctx, p, "")
-            others = [o for o in sub["items"]["data"] if o["id"] != si["id"]]
-            self._check_new_prices(None, [(o["price"], "price") for o in others] + [(price, "")])
-        self._check_quantity(price, p, "")
-        if price is not si["price"]:
-            si["price"] = price
-            if price["recurring"]["usage_type"] == "metered":
-                si.pop("quantity", None)
-            else:
-                si.setdefault("quantity", 1)
-        if "quantity" in p:
-            si["quantity"] = p["quantity"]
-        if "metadata" in p:
-            si["metadata"] = _merge_metadata(si["metadata"], p["metadata"])
-        return si
-
-    @_route("DELETE", "/v1/subscription_items/{item}")
-    def _si_delete(self, ctx: _Ctx, p: Json, _ev: list[Json]) -> Json:
-        si = self._get("subscription_item", ctx.path_params["item"])
-        sub = self.objects["subscription"][si["subscription"]]
-        remaining = [o for o in sub["items"]["data"] if o["id"] != si["id"]]
-        if not remaining:
-            raise ApiError(
-                400,
-                "A subscription must have at least one active plan. To cancel a subscription, "
-                "please use the cancel API endpoint on /v1/subscriptions.",
-            )
-        del self.objects["subscription_item"][si["id"]]
-        self._refresh_items(sub, remaining)
-        return {"id": si["id"], "object": "subscription_item", "deleted": True}
-
-    # ------------------------------------------------------------------ webhook endpoints
-
-    @_route("POST", "/v1/webhook_endpoints")
-    def _webhook_create(self, ctx: _Ctx, p: Json, _ev: list[Json]) -> Json:
-        obj: Json = {
-            "id": self._new_id("webhook_endpoint"),
-            "object": "webhook_endpoint",
-            "api_version": p.get("api_version"),
-            "application": None,
-            "created": self._now(),
-            "description": p.get("description") or None,
-            "enabled_events": p.get("enabled_events", []),
-            "livemode": ctx.livemode,
-            "metadata": _merge_metadata({}, p.get("metadata", {})),
-            "secret": "whsec_" + secrets.token_hex(16),
-            "status": "enabled",
-            "url": p.get("url"),
-        }
-        self._put("webhook_endpoint", obj)
-        return obj
-
-    @_route("GET", "/v1/webhook_endpoints")
-    def _webhook_list(self, ctx: _Ctx, p: Json, _ev: list[Json]) -> Json:
-        items = [
-            {k: v for k, v in we.items() if k != "secret"}
-            for we in self._newest_first("webhook_endpoint")
-        ]
-        return self._list(ctx, items, p, "/v1/webhook_endpoints")

@@ -113,6 +113,43 @@ def test_stripe_cli_webhooks_error_reports_and_events_survive_restart(tmp_path: 
         receiver.close()
 
 
+def test_stripe_cli_closes_periods_and_finalizes_after_the_grace() -> None:
+    flags = ["--invoice-grace", "0.3", "--billing-seconds", "0.05"]
+    with serve("emulators.stripe", *flags) as (url, _):
+        client = stripe.StripeClient("sk_test_cli1234", base_addresses={"api": url})
+        meter = client.v1.billing.meters.create(
+            {
+                "display_name": "Calls",
+                "event_name": "calls",
+                "default_aggregation": {"formula": "sum"},
+            }
+        )
+        price = client.v1.prices.create(
+            {
+                "currency": "usd",
+                "unit_amount": 2,
+                "product_data": {"name": "Calls"},
+                "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
+            }
+        )
+        customer = client.v1.customers.create({})
+        sub = client.v1.subscriptions.create(
+            {"customer": customer.id, "items": [{"price": price.id}]}
+        )
+        client.v1.billing.meter_events.create(
+            {"event_name": "calls", "payload": {"stripe_customer_id": customer.id, "value": "21"}}
+        )
+        draft = httpx.post(f"{url}/_emulator/subscriptions/{sub.id}/advance").json()
+        assert (draft["status"], draft["total"]) == ("draft", 42)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if client.v1.invoices.retrieve(draft["id"]).status != "draft":
+                break
+            time.sleep(0.05)
+        final = client.v1.invoices.retrieve(draft["id"])
+        assert (final.status, final.amount_due) == ("open", 42)
+
+
 def test_stripe_cli_rejects_unpaired_webhook_secrets() -> None:
     hooks = ["--webhook", "http://127.0.0.1:1/a", "--webhook", "http://127.0.0.1:1/b"]
     three = ["--webhook-secret", "s1", "--webhook-secret", "s2", "--webhook-secret", "s3"]
