@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -115,8 +115,27 @@ class _Tally:
         }
 
 
-def _fakes_main(conn: Any) -> None:
-    """Child process: serve both fakes and obey the benchmark's commands on `conn`."""
+# What the tally times by default: the requests that carry meter events.
+EVENT_PATHS = frozenset({"/v1/billing/meter_events", "/v2/billing/meter_event_stream"})
+
+# A command handler of the fakes' process: (command, args, stripe_fake, openmeter, tally, handle)
+# -> the answer. Another benchmark passes its own (a module-level function, so that it pickles),
+# answering its commands and handing the others to `_fake_command`.
+FakeCommand = Callable[[str, Any, Any, Any, _Tally, Any], Any]
+
+
+def is_event_path(path: str) -> bool:
+    return path in EVENT_PATHS
+
+
+def _fakes_main(
+    conn: Any, handler: FakeCommand | None = None, timed: Callable[[str], bool] | None = None
+) -> None:
+    """Child process: serve both fakes and obey the benchmark's commands on `conn`. `handler`
+    answers them (default `_fake_command`); the tally times the 200s to paths where `timed` holds
+    (default: the meter event paths)."""
+    run_command = handler or _fake_command
+    is_timed = timed or is_event_path
     try:
         from emulators.openmeter import FakeOpenMeter
         from emulators.stripe import FakeStripe
@@ -136,10 +155,7 @@ def _fakes_main(conn: Any) -> None:
             tally.by_path[f"{method} {path}"] += 1
             if result is not None:
                 tally.by_status[result[0]] += 1
-                if result[0] == 200 and path in (
-                    "/v1/billing/meter_events",
-                    "/v2/billing/meter_event_stream",
-                ):
+                if result[0] == 200 and is_timed(path):
                     tally.event_times.append(time.monotonic())
         return result
 
@@ -153,7 +169,7 @@ def _fakes_main(conn: Any) -> None:
                 openmeter.stop()
                 conn.send(None)
                 return
-            conn.send(_fake_command(command, args, stripe_fake, openmeter, tally, handle))
+            conn.send(run_command(command, args, stripe_fake, openmeter, tally, handle))
         except Exception as exc:  # report it to the parent rather than hang it
             conn.send(RuntimeError(f"{command}: {exc!r}"))
 
@@ -239,10 +255,20 @@ class FakesError(RuntimeError):
 class Fakes:
     """The parent's handle on the fakes' process."""
 
-    def __init__(self, start_timeout: float = FAKES_START_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        start_timeout: float = FAKES_START_TIMEOUT_S,
+        *,
+        handler: FakeCommand | None = None,
+        timed: Callable[[str], bool] | None = None,
+    ) -> None:
+        """Start the fakes' process; `handler` and `timed` as in `_fakes_main` (module-level
+        functions: they are pickled into the child)."""
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_fakes_main, args=(child,), daemon=True, name="fakes")
+        self.process = ctx.Process(
+            target=_fakes_main, args=(child, handler, timed), daemon=True, name="fakes"
+        )
         self.process.start()
         self.responsive = True  # False once a command went unanswered: stop() then terminates
         child.close()  # the child holds the only other end now: its death ends the pipe
@@ -429,7 +455,9 @@ class Bench:
 
     # setup
 
-    def seed(self) -> None:
+    def seed(self, *, unreported: int = 1) -> None:
+        """Customers and meters (in both the app and the fakes), `--hours` of usage in OpenMeter
+        ending with `hour_a`, and the ledger holding all but the newest `unreported` hours."""
         from billing.integrations.stripe_sync import sync_object
         from billing.models import Customer, Meter, SyncStatus
 
@@ -462,7 +490,7 @@ class Bench:
         self.customer_pks = [by_subject[subject_of(c)] for c in range(args.customers)]
         history = list(range(self.hour_a - args.hours + 1, self.hour_a + 1))
         n = self.fakes.call("ingest", (args.customers, args.meters, history))
-        rows = self._reported(history[:-1])
+        rows = self._reported(history[: len(history) - unreported])
         self.log(
             f"seeded in {time.perf_counter() - t0:.1f}s: {args.customers} customers, "
             f"{args.meters} meters (synced through the app: "
