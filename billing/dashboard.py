@@ -14,14 +14,19 @@ from django_q.models import Schedule
 
 from billing import clock
 from billing.models import (
+    BillingPeriod,
+    Correction,
+    CorrectionStatus,
     Customer,
     LogStatus,
     Meter,
     MeterEventError,
+    PeriodStatus,
     PriceMapping,
     Reconciliation,
     ReportLog,
     ReportRun,
+    RunStatus,
     StripeSynced,
     Subscription,
     SyncStatus,
@@ -62,6 +67,7 @@ class Dashboard:
     failed_windows: Count
     rejected: Count
     last_reconciliation: Reconciliation | None
+    closing: list[Count]
     unmapped: list[UnmappedSubject]
     unmapped_run: ReportRun | None
 
@@ -94,6 +100,7 @@ def build() -> Dashboard:
             url=_changelist(MeterEventError),
         ),
         last_reconciliation=Reconciliation.objects.filter(finished_at__isnull=False).first(),
+        closing=closing(),
         unmapped=unmapped,
         unmapped_run=unmapped_run,
     )
@@ -108,6 +115,26 @@ def failed_syncs() -> list[Count]:
             url=_changelist(model, "sync_status__exact=failed"),
         )
         for model in SYNCED_MODELS
+    ]
+
+
+def closing() -> list[Count]:
+    """Periods whose draft invoice is waiting for usage that did not go out, and usage that
+    arrived after an invoice was final (corrections waiting for a decision)."""
+    invoicing = BillingPeriod.objects.filter(status=PeriodStatus.INVOICING).exclude(
+        close_run__status=RunStatus.SUCCEEDED
+    )
+    return [
+        Count(
+            label="Invoices about to finalize whose period close did not succeed",
+            count=invoicing.count(),
+            url=_changelist(BillingPeriod, f"status__exact={PeriodStatus.INVOICING}"),
+        ),
+        Count(
+            label="Usage after a final invoice: corrections waiting for approval",
+            count=Correction.objects.filter(status=CorrectionStatus.PROPOSED).count(),
+            url=_changelist(Correction, f"status__exact={CorrectionStatus.PROPOSED}"),
+        ),
     ]
 
 

@@ -286,9 +286,9 @@ class Subscription(StripeSynced):
         "bill usage from",
         null=True,
         blank=True,
-        help_text="Optional, UTC: start the subscription at this earlier moment, so that usage "
-        "since then is billed (Stripe's backdate_start_date). Only used when the subscription "
-        "is created in Stripe.",
+        help_text="Optional, UTC: start the subscription at 00:00 UTC of this earlier day, so that "
+        "usage since then is billed (Stripe's backdate_start_date). Only used when the "
+        "subscription is created in Stripe.",
     )
     cancel_requested = models.BooleanField(default=False)
     # Stripe subscription item per price: {"<stripe price id>": "<si_...>"}.
@@ -580,3 +580,104 @@ class ReconciliationItem(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.meter_id}/{self.customer_id}@{self.window_start:%Y-%m-%d %H:%M}"
+
+
+class PeriodStatus(models.TextChoices):
+    OPEN = "open", "Open"
+    INVOICING = "invoicing", "Invoicing (draft invoice, usage closed)"
+    CLOSED = "closed", "Closed (invoice final)"
+
+
+class BillingPeriod(models.Model):
+    """One billing period of a subscription, as Stripe holds it (its items' current period)."""
+
+    # A (canceled) subscription's row may be deleted; a period with corrections may not (PROTECT
+    # on Correction.billing_period keeps the history).
+    subscription = models.ForeignKey(
+        Subscription, on_delete=models.CASCADE, related_name="billing_periods"
+    )
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    status = models.CharField(
+        max_length=10, choices=PeriodStatus.choices, default=PeriodStatus.OPEN, db_index=True
+    )
+    stripe_invoice_id = models.CharField(max_length=100, blank=True)
+    invoice_status = models.CharField(max_length=30, blank=True)
+    invoice_total = models.BigIntegerField(null=True, blank=True, help_text="In minor units.")
+    invoice_currency = models.CharField(max_length=3, blank=True)
+    # What closing sent: the report run started by the draft invoice.
+    close_run = models.ForeignKey(
+        ReportRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    invoicing_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-period_start", "-pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription", "period_start"], name="unique_billing_period"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subscription_id}: {self.period_start:%Y-%m-%d} to {self.period_end:%Y-%m-%d}"
+
+
+class CorrectionStatus(models.TextChoices):
+    PROPOSED = "proposed", "Proposed"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+    BOOKED = "booked", "Booked in Stripe"
+    FAILED = "failed", "Booking failed"
+
+
+class Correction(models.Model):
+    """Usage that changed after its period's invoice was final: billed nowhere by a meter event,
+    so booked, once approved, as an invoice item on the customer's next invoice."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="corrections")
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="corrections")
+    billing_period = models.ForeignKey(
+        BillingPeriod, on_delete=models.PROTECT, related_name="corrections"
+    )
+    quantity_before = models.DecimalField(max_digits=32, decimal_places=12)
+    quantity_after = models.DecimalField(max_digits=32, decimal_places=12)
+    amount = models.DecimalField(
+        max_digits=32, decimal_places=12, help_text="In the currency's minor unit."
+    )
+    currency = models.CharField(max_length=3)
+    unit_amount_decimal = models.DecimalField(max_digits=24, decimal_places=12)
+    status = models.CharField(
+        max_length=10,
+        choices=CorrectionStatus.choices,
+        default=CorrectionStatus.PROPOSED,
+        db_index=True,
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reason = models.TextField(blank=True, help_text="Why it was approved or rejected.")
+    stripe_object_id = models.CharField(max_length=100, blank=True)
+    error = models.TextField(blank=True)
+    detected_by_run = models.ForeignKey(
+        ReportRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="corrections"
+    )
+    created_at = models.DateTimeField(default=clock.now, db_index=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    booked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        permissions = [("approve_correction", "Can approve or reject usage corrections")]
+
+    def __str__(self) -> str:
+        return f"Correction #{self.pk} ({self.status})"
+
+    @property
+    def quantity(self) -> Decimal:
+        return self.quantity_after - self.quantity_before

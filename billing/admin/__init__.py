@@ -14,12 +14,13 @@ Where things are:
 - `forms`: the meter form's OpenMeter check and the re-report period form.
 - `readback`: what Stripe bills, read back: reconciliations, meter events Stripe rejected, and
   the webhook events received.
+- `closing`: billing periods, and corrections with their approval (billing.approve_correction).
 - `dashboard`: the admin's home page and its action (customers for unmapped subjects).
 - `queue`: django-q2's admins again, read-only for everyone but superusers.
 
 Importing this package registers the admins (Django's autodiscovery imports it).
 """
 
-from billing.admin import catalog, history, queue, readback, report_log
+from billing.admin import catalog, closing, history, queue, readback, report_log
 
-__all__ = ["catalog", "history", "queue", "readback", "report_log"]
+__all__ = ["catalog", "closing", "history", "queue", "readback", "report_log"]

@@ -18,6 +18,7 @@ from billing.admin.base import (
 from billing.admin.customer_form import CustomerForm
 from billing.admin.forms import MeterForm
 from billing.admin.generic import TabularInline
+from billing.closing.projection import projections
 from billing.integrations import stripe_sync
 from billing.integrations.stripe_errors import describe
 from billing.models import ArchivedPrice, Customer, Meter, PriceMapping, Subscription, SyncStatus
@@ -98,9 +99,14 @@ class CustomerAdmin(UsageChartsMixin, RereportActionMixin, StripeSyncedAdmin):
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
     ) -> HttpResponse:
-        pk = unquote(object_id)
-        context = {**(extra_context or {}), "rejections": rejections(report_log__customer_id=pk)}
-        return super().change_view(request, object_id, form_url, context)
+        customer = self.get_object(request, unquote(object_id))
+        if customer is not None:
+            extra_context = {
+                **(extra_context or {}),
+                "rejections": rejections(report_log__customer=customer),
+                "projections": projections(customer=customer),
+            }
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def usage_series(self, obj: Customer) -> list[charts.DailyUsage]:
         return charts.customer_usage(customer=obj, today=clock.now().date())

@@ -17,7 +17,8 @@ from typing import Any
 import stripe
 from django.db import models, transaction
 
-from billing import clock
+from billing import clock, windows
+from billing.closing.periods import record_periods
 from billing.formatting import plain_decimal
 from billing.integrations.stripe_client import StripeNotConfigured, get_client
 from billing.integrations.stripe_errors import describe
@@ -316,8 +317,20 @@ def sync_subscription(sub: Subscription) -> None:
             "items": items,
             "metadata": {"meterbridge_subscription": str(sub.pk)},
         }
-        if sub.bill_from is not None:
-            params["backdate_start_date"] = int(sub.bill_from.timestamp())
+        # Periods start at 00:00 UTC (from the start day, or the earlier "bill usage from"
+        # day), so every hourly and daily window lies inside one billing period.
+        start = windows.floor(sub.bill_from or clock.now(), windows.DAY)
+        params["backdate_start_date"] = int(start.timestamp())
+        if all(m.interval in ("month", "year") for m in mappings):
+            params["billing_cycle_anchor_config"] = {
+                "day_of_month": start.day,
+                "hour": 0,
+                "minute": 0,
+                "second": 0,
+            }
+        else:  # Stripe takes an anchor config for monthly and yearly prices only
+            next_midnight = windows.floor(clock.now(), windows.DAY) + windows.length(windows.DAY)
+            params["billing_cycle_anchor"] = int(next_midnight.timestamp())
         created = client.v1.subscriptions.create(
             params,  # type: ignore[arg-type]
             options={"idempotency_key": idempotency_key("subscription", sub.pk, "create", params)},
@@ -326,6 +339,7 @@ def sync_subscription(sub: Subscription) -> None:
         _record(
             sub, stripe_subscription_id=created.id, status=created.status, stripe_items=item_map
         )
+        record_periods(subscription=sub, stripe_subscription=created.to_dict())
         return
 
     # Existing subscription: add items for newly selected prices, remove deselected ones.
@@ -350,6 +364,7 @@ def sync_subscription(sub: Subscription) -> None:
             client.v1.subscription_items.delete(item_id)
             del item_map[price_id]
     _record(sub, status=remote.status, stripe_items=item_map)
+    record_periods(subscription=sub, stripe_subscription=remote.to_dict())
 
 
 def subscriptions_on_archived_prices() -> "models.QuerySet[Subscription]":

@@ -11,6 +11,7 @@ from typing import Any
 from django.db import transaction
 
 from billing import windows
+from billing.closing.corrections import CorrectionCollector
 from billing.integrations.openmeter import OpenMeterClient
 from billing.integrations.summaries import CustomerSummaries
 from billing.models import (
@@ -21,8 +22,8 @@ from billing.models import (
     ReconciliationItem,
     ReportedWindow,
 )
-from billing.reconcile.classify import DRIFT, MATCH, classify
-from billing.reporting.detect import OPENMETER_WINDOW, ROWS_PER_QUERY
+from billing.reconcile.classify import DRIFT, MATCH, UNSENT, classify
+from billing.reporting.detect import OPENMETER_WINDOW, ROWS_PER_QUERY, Change
 
 ZERO = Decimal(0)
 FLUSH_EVERY = 2000  # items per insert
@@ -46,6 +47,7 @@ class MeterComparison:
     drift: list[tuple[Customer, datetime, Decimal]] = field(default_factory=list)
     unreadable: int = 0
     judged: int = 0  # customers
+    corrections: CorrectionCollector | None = None
 
     def load(self, client: OpenMeterClient) -> None:
         """OpenMeter's value and the ledger's, per (Stripe customer, window) of the range."""
@@ -67,6 +69,9 @@ class MeterComparison:
             meter=self.meter, window_start__gte=self.start, window_start__lt=self.end
         ).values_list("stripe_customer_id", "window_start", "value", "updated_at")
         self.ledger = {(cus, w): (value, at) for cus, w, value, at in held.iterator(5000)}
+        self.corrections = CorrectionCollector(
+            run=None, meter=self.meter, start=self.start, end=self.end
+        )
 
     def judge(self, summaries: CustomerSummaries) -> None:
         customer: Customer = summaries.request.key
@@ -108,6 +113,10 @@ class MeterComparison:
             )
             if kind == DRIFT:
                 self.drift.append((customer, window_start, stripe))
+            elif kind == UNSENT and self.corrections is not None:
+                # Late usage in a period whose invoice is final: a correction, not a send.
+                previous = None if held is None else held[0]
+                self.corrections.hold(Change(customer, window_start, om, previous, 0))
         if len(self.items) >= FLUSH_EVERY or self.judged % PROGRESS_EVERY == 0:
             self.flush()
 
@@ -133,6 +142,8 @@ class MeterComparison:
 
     def finish(self) -> None:
         self.flush()
+        if self.corrections is not None:
+            self.corrections.save()
         if self.unreadable > ERRORS_KEPT:
             self.errors.append(
                 f"Meter '{self.meter.openmeter_slug}': {self.unreadable} customers could not be "

@@ -10,6 +10,7 @@ from typing import Any
 from django.conf import settings
 
 from billing import clock, windows
+from billing.closing.corrections import CorrectionCollector
 from billing.integrations.meter_events import make_sender
 from billing.integrations.openmeter import OpenMeterClient, OpenMeterError
 from billing.models import Customer, Meter, ReportRun, RunMode, RunStatus
@@ -152,8 +153,14 @@ def _compare_and_send(*, run: ReportRun, meter_pass: MeterPass) -> None:
     n_windows = windows.count(meter_pass.start, meter_pass.end, meter_pass.meter.window)
     tally.windows_checked += n_windows * len(meter_pass.customers)
     recorder = Recorder(run=run, meter=meter_pass.meter, tally=tally)
+    # Windows of periods whose invoice is final are not sent (Stripe would bill them nowhere):
+    # their changes become corrections, proposed for approval.
+    corrections = CorrectionCollector(
+        run=run, meter=meter_pass.meter, start=meter_pass.start, end=meter_pass.end
+    )
     try:
         changes = meter_pass.every_window() if run.mode == RunMode.PERIOD else meter_pass.by_range()
+        changes = corrections.split(changes)
         if run.dry_run:
             recorder.dry_run(changes)
         else:
@@ -162,6 +169,7 @@ def _compare_and_send(*, run: ReportRun, meter_pass: MeterPass) -> None:
         tally.errors.append(redact(str(exc)))
     finally:
         recorder.flush()  # what was sent before an error is recorded too
+    corrections.save()
 
 
 def _finish(run: ReportRun, tally: Tally) -> None:

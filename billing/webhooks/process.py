@@ -8,6 +8,7 @@ from typing import Any
 from django.db import transaction
 
 from billing import clock
+from billing.closing import invoices
 from billing.integrations.stripe_client import get_client
 from billing.integrations.stripe_errors import describe
 from billing.models import WebhookEvent
@@ -18,6 +19,10 @@ logger = logging.getLogger(__name__)
 HANDLERS: dict[str, Callable[[WebhookEvent, dict[str, Any]], None]] = {
     "v1.billing.meter.error_report_triggered": meter_errors.handle,
     "v1.billing.meter.no_meter_found": meter_errors.handle,
+    "customer.subscription.updated": invoices.subscription_changed,
+    "customer.subscription.deleted": invoices.subscription_changed,
+    "invoice.created": invoices.invoice_created,
+    "invoice.finalized": invoices.invoice_finalized,
 }
 
 
