@@ -142,7 +142,8 @@ class Children:
 
 def demo_env(env: dict[str, str], children: Children, *, port: int) -> dict[str, str]:
     """Start the Stripe and OpenMeter emulators (state kept in .demo/) and point the app at them;
-    the Stripe emulator posts its thin events (meter error reports) to the app's webhook."""
+    the Stripe emulator posts its events (meter error reports, invoices, subscription changes)
+    to the app's webhook."""
     state = Path(env.get("DEMO_STATE_DIR", ROOT / ".demo"))
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
     webhook_secret = "whsec_" + secrets.token_urlsafe(24)  # a new one each start
@@ -160,6 +161,8 @@ def demo_env(env: dict[str, str], children: Children, *, port: int) -> dict[str,
             str(state / "stripe.state"),
             "--webhook",
             f"http://127.0.0.1:{port}/stripe/webhook/,thin",
+            "--webhook",
+            f"http://127.0.0.1:{port}/stripe/webhook/,snapshot",
             "--webhook-secret",
             webhook_secret,
         ],
