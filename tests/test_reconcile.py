@@ -10,6 +10,7 @@ import pytest
 from django.core.management import call_command
 
 from billing import reporting
+from billing.formatting import utc_iso
 from billing.models import ItemKind, Reconciliation, ReportedWindow, Trigger
 from tests.helpers import billed, hours_ago
 from tests.reconciling import write_behind_our_back
@@ -48,6 +49,9 @@ def test_late_usage_is_unsent_and_a_foreign_event_is_drift(reported, fake_stripe
 
     assert code == 1
     assert "meter api_calls: 1 drift, 1 unsent, 0 settling, 214 match of 216 windows" in out
+    drift_line = f"drift: meter api_calls, customer globex ({globex.stripe_customer_id}), window "
+    assert f"{drift_line}{utc_iso(hours_ago(frozen, 3))}: OpenMeter 4, sent 4, Stripe 999" in out
+    assert "unsent: meter api_calls, customer acme" in out
     items = {
         (i.customer.openmeter_subject, i.kind): i for i in Reconciliation.objects.get().items.all()
     }

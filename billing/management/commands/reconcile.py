@@ -6,10 +6,12 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from billing import reconcile
-from billing.formatting import utc_minute
+from billing.formatting import quantity, utc_iso, utc_minute
 from billing.management.selection import add_selection_arguments, parse_selection
-from billing.models import ReconcileStatus, Trigger
+from billing.models import ReconcileStatus, Reconciliation, Trigger
 from billing.reporting import ReportInputError
+
+WINDOWS_LISTED = 50
 
 
 class Command(BaseCommand):
@@ -52,6 +54,7 @@ class Command(BaseCommand):
                 f"unsent, {counts.get('settling', 0)} settling, {counts.get('match', 0)} match "
                 f"of {counts.get('compared', 0)} windows"
             )
+        self._list_windows(check)
         if check.error:
             self.stderr.write(check.error)
         if check.drift:
@@ -61,3 +64,20 @@ class Command(BaseCommand):
             )
         if check.drift or check.status != ReconcileStatus.SUCCEEDED:
             sys.exit(1)
+
+    def _list_windows(self, check: Reconciliation) -> None:
+        """One line per window that does not match (the first WINDOWS_LISTED; the admin and
+        its CSV have them all)."""
+        items = check.items.select_related("meter", "customer").order_by(
+            "kind", "meter_id", "customer_id", "window_start"
+        )
+        for item in items[:WINDOWS_LISTED]:
+            self.stdout.write(
+                f"{item.kind}: meter {item.meter.openmeter_slug}, customer "
+                f"{item.customer.openmeter_subject} ({item.customer.stripe_customer_id}), window "
+                f"{utc_iso(item.window_start)}: OpenMeter {quantity(item.openmeter_value)}, sent "
+                f"{quantity(item.sent_value)}, Stripe {quantity(item.stripe_value)}"
+            )
+        more = check.items.count() - WINDOWS_LISTED
+        if more > 0:
+            self.stdout.write(f"... and {more} more windows: see reconciliation #{check.pk}.")
