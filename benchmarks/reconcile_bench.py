@@ -5,7 +5,6 @@
     .venv/bin/python benchmarks/reconcile_bench.py --customers 10000 --meters 3 --hours 48 \\
         --rate 500 --latency-ms 5
     .venv/bin/python benchmarks/reconcile_bench.py --profile /tmp/reconcile.prof   # + cProfile
-    .venv/bin/python benchmarks/reconcile_bench.py --experiment raw-summaries     # a proposed fix
 
 It reuses report_bench.py's machinery: the fake Stripe and the fake OpenMeter run in a child
 process, with `--latency-ms` on every answer and the fake Stripe answering 429 to whatever goes
@@ -76,6 +75,7 @@ REFERENCE_RSS_MB = 300.0  # report_bench's target for the app, shown for compari
 LATE_EXTRA = 5  # added in OpenMeter to an unsent window
 DRIFT_EXTRA = 3  # added in the fake Stripe to a drifting window
 GAP_S = 0.25  # a pause in reading at least this long is reported
+TIMELINE_S = 5  # seconds per step of the printed reading rate
 
 
 def is_summaries_path(path: str) -> bool:
@@ -106,7 +106,15 @@ def _reconcile_command(
         with tally.lock:
             answered = sorted(tally.event_times)
         gaps = [(a, b - a) for a, b in pairwise(answered) if b - a >= GAP_S]
-        return {"arrival_peak": _busiest(arrivals), "arrivals": len(arrivals), "gaps": gaps}
+        timeline = [0] * (int((arrivals[-1] - arrivals[0]) // TIMELINE_S) + 1) if arrivals else []
+        for t in arrivals:
+            timeline[int((t - arrivals[0]) // TIMELINE_S)] += 1
+        return {
+            "arrival_peak": _busiest(arrivals),
+            "arrivals": len(arrivals),
+            "gaps": gaps,
+            "timeline": [n / TIMELINE_S for n in timeline],
+        }
     return _fake_command(command, args, stripe_fake, openmeter, tally, handle)
 
 
@@ -210,7 +218,8 @@ class Plan:
 
 class MainThreadTimer:
     """How long the reconciliation's own thread spends loading each meter (OpenMeter and the
-    ledger) and judging summaries: a timing wrapper around MeterComparison.load and .judge,
+    ledger, all its steps) and judging summaries: a timing wrapper around
+    MeterComparison.loading and .judge,
     removed afterwards (measurement only; nothing in billing/ changes)."""
 
     def __init__(self) -> None:
@@ -223,83 +232,39 @@ class MainThreadTimer:
     def installed(self) -> Iterator[None]:
         from billing.reconcile.compare import MeterComparison
 
-        load, judge = MeterComparison.load, MeterComparison.judge
+        loading, judge = MeterComparison.loading, MeterComparison.judge
 
-        def timed_load(comparison: Any, client: Any) -> None:
-            t0 = time.perf_counter()
+        def timed_loading(comparison: Any, client: Any) -> Iterator[None]:
+            spent = 0.0
+            steps = loading(comparison, client)
             try:
-                load(comparison, client)
+                while True:
+                    t0 = time.perf_counter()
+                    try:
+                        next(steps)
+                    except StopIteration:
+                        return
+                    finally:
+                        spent += time.perf_counter() - t0
+                    yield
             finally:
-                self.loads.append((comparison.meter.openmeter_slug, time.perf_counter() - t0))
+                self.loads.append((comparison.meter.openmeter_slug, spent))
 
-        def timed_judge(comparison: Any, summaries: Any) -> None:
+        def timed_judge(comparison: Any, customer: Any, summaries: Any) -> None:
             t0 = time.perf_counter()
             try:
-                judge(comparison, summaries)
+                judge(comparison, customer, summaries)
             finally:
                 self.judge_s += time.perf_counter() - t0
                 self.judged += 1
 
-        MeterComparison.load = timed_load  # type: ignore[method-assign,assignment]
+        MeterComparison.loading = timed_loading  # type: ignore[method-assign,assignment]
         MeterComparison.judge = timed_judge  # type: ignore[method-assign,assignment]
         try:
             yield
         finally:
-            MeterComparison.load = load  # type: ignore[method-assign]
+            MeterComparison.loading = loading  # type: ignore[method-assign]
             MeterComparison.judge = judge  # type: ignore[method-assign]
-
-
-@contextmanager
-def experiment(name: str) -> Iterator[None]:
-    """`--experiment raw-summaries`: what the recommended fix would give, measured without
-    touching billing/. For the run only, SummaryReader._read_one reads each page with
-    `client.raw_request` (the same StripeClient, auth, errors and StripeCaller retries) and takes
-    the values from the JSON, instead of building a StripeObject per summary. Not the shipped
-    code: the figures of such a run are marked as an experiment."""
-    if not name:
-        yield
-        return
-    import stripe
-
-    from billing.integrations.stripe_errors import describe
-    from billing.integrations.summaries import (
-        PAGE_SIZE,
-        CustomerSummaries,
-        SummaryReader,
-        SummaryRequest,
-    )
-
-    def read_one_raw(self: SummaryReader, request: SummaryRequest) -> CustomerSummaries:
-        result = CustomerSummaries(request)
-        path = f"/v1/billing/meters/{request.meter_id}/event_summaries"
-        params: dict[str, Any] = {
-            "customer": request.stripe_customer_id,
-            "start_time": int(request.start.timestamp()),
-            "end_time": int(request.end.timestamp()),
-            "value_grouping_window": request.window,
-            "limit": PAGE_SIZE,
-        }
-        try:
-            while True:
-                page: Any = self._call(lambda: self.client.raw_request("get", path, **params)).data
-                for summary in page["data"]:
-                    start = datetime.fromtimestamp(summary["start_time"], UTC)
-                    result.values[start] = Decimal(str(summary["aggregated_value"]))
-                if not page["has_more"] or not page["data"]:
-                    return result
-                params["starting_after"] = page["data"][-1]["id"]
-        except stripe.StripeError as exc:
-            result.error = describe(exc)
-        except Exception as exc:
-            result.error = describe(exc)
-        return result
-
-    shipped = SummaryReader._read_one
-    SummaryReader._read_one = read_one_raw  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        SummaryReader._read_one = shipped  # type: ignore[method-assign]
 
 
 class ReconcileBench(Bench):
@@ -351,7 +316,7 @@ class ReconcileBench(Bench):
         started = time.monotonic()
         cpu0 = time.process_time()
         t0 = time.perf_counter()
-        with timer.installed(), experiment(self.args.experiment):
+        with timer.installed():
             if profiler is not None:
                 profiler.enable()
             check = start_reconciliation(ReconcileRequest(trigger=Trigger.SCHEDULE), now=now)
@@ -474,9 +439,13 @@ class ReconcileBench(Bench):
                 f"{paused:.2f}s in all"
                 + (": " + ", ".join(f"{length:.2f}s" for _, length in gaps) if gaps else "")
             )
+        self.log(
+            f"  reading rate per {TIMELINE_S} s (requests/s): "
+            + " ".join(f"{rate:.0f}" for rate in reads["timeline"])
+        )
         loads = ", ".join(f"{slug} {sec:.2f}s" for slug, sec in timer.loads)
         self.log(
-            f"  main thread: loading OpenMeter + ledger per meter: {loads} "
+            f"  main thread: loading OpenMeter + ledger per meter (its steps' time): {loads} "
             f"({sum(sec for _, sec in timer.loads):.2f}s); judging {timer.judged:,} customers' "
             f"summaries {timer.judge_s:.2f}s"
         )
@@ -519,12 +488,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="DEBUG=true (default) or false",
     )
     parser.add_argument("--profile", default="", help="cProfile the run into this file, print it")
-    parser.add_argument(
-        "--experiment",
-        choices=["raw-summaries"],
-        default="",
-        help="measure a proposed fix, patched in for the run only (see experiment())",
-    )
     parser.add_argument("--quick", action="store_true", help="1000 customers, ~20 s")
     args = parser.parse_args(argv)
     if args.customers is None:
@@ -544,8 +507,6 @@ def main(argv: list[str] | None = None) -> int:
         f"rate {args.rate:g}/s (app and fake Stripe), latency {args.latency_ms:g} ms per answer",
         flush=True,
     )
-    if args.experiment:
-        print(f"EXPERIMENT {args.experiment}: not the shipped code (see experiment())")
     os.environ["RECONCILE_LOOKBACK_HOURS"] = str(args.hours)
     os.environ["RECONCILE_SETTLE_MINUTES"] = "0"
     try:
@@ -635,8 +596,6 @@ def summary(
         print(f"  {name:<{width}}  {value}  {target}  {mark}".rstrip())
     failed = [r[0] for r in rows if r[3] is False]
     print(f"\n{'all targets met' if not failed else 'missed: ' + ', '.join(failed)}")
-    if args.experiment:
-        print(f"(EXPERIMENT {args.experiment}: these figures are not the shipped code's)")
     if args.quick:
         print("(--quick is a smoke run: the rate target is for 10,000 customers x 3 meters)")
         return 1 if bench.problems else 0

@@ -140,3 +140,56 @@ def test_a_chosen_period_and_customer(reported, fake_stripe, frozen):
         hours=3
     )
     assert fake_stripe.count("GET", SUMMARIES) == 1
+
+
+def test_429s_and_500s_while_reading_are_retried_and_change_nothing(reported, fake_stripe):
+    fake_stripe.rate_limit_next(4, path_prefix=SUMMARIES)
+    fake_stripe.fail_next(2, status=500, path_prefix=SUMMARIES)
+    code, out, _ = run_command("reconcile")
+    assert code == 0, out
+    check = Reconciliation.objects.get()
+    assert check.status == "succeeded" and check.matched == check.windows_compared == 216
+    assert fake_stripe.count("GET", SUMMARIES) == 3 + 6 == check.stripe_requests
+
+
+def test_a_customer_stripe_cannot_read_fails_the_check_and_is_named(reported, fake_stripe):
+    fake_stripe.fail_next(1, status=403, path_prefix=SUMMARIES)
+    code, out, _ = run_command("reconcile")
+    assert code == 1, out
+    check = Reconciliation.objects.get()
+    assert check.status == "failed" and check.windows_compared == 2 * 72  # the two others
+    (line,) = check.error.splitlines()
+    assert "Stripe could not be read: Stripe answered 403" in line
+    assert any(f"customer '{s}'" in line for s in ("acme", "globex", "initech"))
+
+
+def test_more_windows_than_a_page_are_read_page_by_page(reported, fake_stripe, frozen):
+    meter, _, usage = reported
+    start, end = hours_ago(frozen, 150), hours_ago(frozen, 0)
+    for h in range(6, 151):
+        usage.add(meter, "acme", hours_ago(frozen, h), h)
+    period = ("--from", start.isoformat(), "--to", end.isoformat(), "--customer", "acme")
+    assert run_command("report_usage", *period)[0] == 0
+    usage.add(meter, "acme", hours_ago(frozen, 140), 9)  # late, after the report
+    code, out, _ = run_command("reconcile", *period)
+    assert code == 0, out  # unsent is not drift
+    check = Reconciliation.objects.get()
+    assert (check.windows_compared, check.matched, check.unsent) == (150, 149, 1)
+    assert fake_stripe.count("GET", SUMMARIES) == 2  # 100 windows, then 50
+    (item,) = check.items.all()
+    assert (item.window_start, item.openmeter_value, item.stripe_value) == (
+        hours_ago(frozen, 140),
+        Decimal(140 + 9),
+        Decimal(140),
+    )
+
+
+def test_fractional_values_match_as_sent(reported, fake_stripe, frozen):
+    meter, _, usage = reported
+    usage.add(meter, "globex", hours_ago(frozen, 9), "1234567890.123456")
+    usage.add(meter, "initech", hours_ago(frozen, 8), "0.000001")
+    assert reporting.report_usage(trigger=Trigger.SCHEDULE, now=frozen).events_sent == 2
+    code, out, _ = run_command("reconcile")
+    assert code == 0, out
+    check = Reconciliation.objects.get()
+    assert (check.matched, check.unsent, check.drift) == (216, 0, 0)
