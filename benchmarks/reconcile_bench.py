@@ -1,6 +1,6 @@
 """Throughput benchmark: the reconciliation engine against the fakes, at Stripe's rate limit.
 
-    .venv/bin/python benchmarks/reconcile_bench.py            # the issue's size, ~2 min
+    .venv/bin/python benchmarks/reconcile_bench.py            # the issue's size, ~3 min
     .venv/bin/python benchmarks/reconcile_bench.py --quick    # 1,000 customers, ~20 s
     .venv/bin/python benchmarks/reconcile_bench.py --customers 10000 --meters 3 --hours 48 \\
         --rate 500 --latency-ms 5
@@ -473,7 +473,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hours", type=int, default=48, help="history and lookback, in hours")
     parser.add_argument("--rate", type=float, default=500, help="STRIPE_MAX_REQUESTS_PER_SECOND")
     parser.add_argument("--latency-ms", type=float, default=5.0, help="added to every answer")
-    parser.add_argument("--concurrency", type=int, default=0, help="STRIPE_SEND_CONCURRENCY")
+    parser.add_argument("--concurrency", type=int, default=0, help="STRIPE_READ_CONCURRENCY")
     parser.add_argument(
         "--diff-percent",
         type=float,
@@ -509,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.environ["RECONCILE_LOOKBACK_HOURS"] = str(args.hours)
     os.environ["RECONCILE_SETTLE_MINUTES"] = "0"
+    if args.concurrency:
+        os.environ["STRIPE_READ_CONCURRENCY"] = str(args.concurrency)
     try:
         fakes = Fakes(handler=_reconcile_command, timed=is_summaries_path)
     except FakesError as exc:
@@ -525,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
             result, check, timer, reads = bench.reconcile(args.profile)
             bench.describe(result, timer, reads, settings.STRIPE_MAX_REQUESTS_PER_SECOND)
             bench.check(check)
-            concurrency = settings.STRIPE_SEND_CONCURRENCY
+            concurrency = settings.STRIPE_READ_CONCURRENCY
     except FakesError as exc:
         print(f"reconcile_bench: error: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -561,7 +563,7 @@ def summary(
         (
             "achieved rate",
             f"{rate:,.0f}/s = {rate / args.rate:.1%} of {args.rate:g}/s "
-            f"(STRIPE_SEND_CONCURRENCY {concurrency})",
+            f"(STRIPE_READ_CONCURRENCY {concurrency})",
             f">= {TARGET_READ_FRACTION:.0%}",
             rate >= TARGET_READ_FRACTION * args.rate,
         ),

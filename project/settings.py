@@ -218,6 +218,9 @@ LOGGING = {
 
 # --- Sending meter events ---------------------------------------------------------------------
 STRIPE_SEND_CONCURRENCY = env.int("STRIPE_SEND_CONCURRENCY", default=16)
+# A reconciliation's summaries reads in flight (still capped by the rate): more than sending, as
+# its reading threads also wait for the interpreter while the task loads the next meter.
+STRIPE_READ_CONCURRENCY = env.int("STRIPE_READ_CONCURRENCY", default=32)
 STRIPE_SEND_MAX_ATTEMPTS = env.int("STRIPE_SEND_MAX_ATTEMPTS", default=8)
 STRIPE_RETRY_BACKOFF_SECONDS = env.float("STRIPE_RETRY_BACKOFF_SECONDS", default=0.5)
 

@@ -30,6 +30,15 @@ pytestmark = pytest.mark.django_db
 EVENTS = "/v1/billing/meter_events"
 
 
+def run(*args: str) -> tuple[int, str, str]:
+    out, err = StringIO(), StringIO()
+    try:
+        call_command(*args, stdout=out, stderr=err)
+    except SystemExit as exc:
+        return int(exc.code or 0), out.getvalue(), err.getvalue()
+    return 0, out.getvalue(), err.getvalue()
+
+
 @pytest.fixture
 def closed(fake_stripe, fake_openmeter, frozen, settings):
     """Acme on 2.5 cents per call; a period of the last 8 hours whose invoice is final."""
@@ -170,6 +179,41 @@ def test_a_reconciliation_proposes_the_correction_too(closed, fake_stripe, froze
     correction = Correction.objects.get()
     assert correction.billing_period == period and correction.detected_by_run is None
     assert correction.quantity == Decimal(4) and correction.amount == Decimal(10)
+
+
+def test_late_usage_older_than_stripe_accepts_is_a_correction_found_by_reconcile(
+    closed, fake_stripe, frozen, settings
+):
+    """A window older than 35 days cannot be sent whatever its period's state: `report_usage`
+    refuses it (pointing to `reconcile`), and a reconciliation over it proposes a correction in
+    the period it falls in, here a long period that is still open."""
+    settings.RECONCILE_SETTLE_MINUTES = 0
+    meter, acme, usage, _ = closed
+    long = BillingPeriod.objects.create(
+        subscription=acme.subscriptions.get(),
+        period_start=hours_ago(frozen, 60 * 24),
+        period_end=hours_ago(frozen, 8),
+        status=PeriodStatus.OPEN,
+    )
+    old = hours_ago(frozen, 38 * 24)
+    usage.add(meter, "acme", old, 6)  # arrived 38 days late
+    sent_before = fake_stripe.count("POST", EVENTS)
+    span = (
+        "--from",
+        (old - timedelta(hours=2)).isoformat(),
+        "--to",
+        (old + timedelta(hours=3)).isoformat(),
+    )
+
+    code, out, err = run("report_usage", *span)
+    assert code == 2 and "35 days" in err and "reconcile" in err
+
+    code, out, _ = run("reconcile", *span)
+    assert code == 0, out  # unsent, not drift
+    assert fake_stripe.count("POST", EVENTS) == sent_before  # nothing sent
+    correction = Correction.objects.get()
+    assert correction.billing_period == long and correction.status == CorrectionStatus.PROPOSED
+    assert correction.quantity == Decimal(6) and correction.amount == Decimal(15)
 
 
 def test_the_customer_page_projects_the_invoice(admin_client, closed, fake_stripe, frozen):

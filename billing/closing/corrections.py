@@ -18,7 +18,7 @@ from typing import Any
 from django.db import transaction
 
 from billing import clock
-from billing.closing.periods import ClosedPeriod, closed_periods
+from billing.closing.periods import ClosedPeriod, settled_periods
 from billing.formatting import plain_decimal, signed_quantity
 from billing.integrations.stripe_client import get_client
 from billing.integrations.stripe_errors import describe
@@ -43,7 +43,8 @@ class CorrectionRefused(Exception):
 
 @dataclass
 class CorrectionCollector:
-    """Between change detection and sending: changes of windows in a closed period are held
+    """Between change detection and sending: changes of windows a meter event can no longer
+    bill (a closed period, or older than Stripe's 35 days: periods.settled_periods) are held
     back (no meter event) and turned into corrections at the end of the meter's pass."""
 
     run: ReportRun | None  # None: found by a reconciliation
@@ -52,9 +53,12 @@ class CorrectionCollector:
     end: datetime
     held: dict[tuple[int, int], list[Change]] = field(default_factory=lambda: defaultdict(list))
     periods: dict[int, list[ClosedPeriod]] = field(default_factory=dict)
+    now: datetime = field(default_factory=clock.now)
 
     def __post_init__(self) -> None:
-        self.periods = closed_periods(meter=self.meter, start=self.start, end=self.end)
+        self.periods = settled_periods(
+            meter=self.meter, start=self.start, end=self.end, now=self.now
+        )
 
     def split(self, changes: Iterable[Change]) -> Iterator[Change]:
         """The changes that may be sent; the others are kept for `save`."""
@@ -63,7 +67,7 @@ class CorrectionCollector:
                 yield change
 
     def hold(self, change: Change) -> bool:
-        """Keep the change for `save` if its window lies in a closed period."""
+        """Keep the change for `save` if a meter event can no longer bill its window."""
         closed = self._closed(change)
         if closed is not None:
             self.held[(change.customer.pk, closed.period.pk)].append(change)

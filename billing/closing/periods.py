@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from billing import windows
 from billing.models import BillingPeriod, Meter, PeriodStatus, Subscription
 
 
@@ -41,21 +42,30 @@ class ClosedPeriod:
         return self.start <= moment < self.end
 
 
-def closed_periods(
-    *, meter: Meter, start: datetime, end: datetime
+def settled_periods(
+    *, meter: Meter, start: datetime, end: datetime, now: datetime
 ) -> dict[int, list[ClosedPeriod]]:
-    """Per customer id: the periods overlapping [start, end) whose invoice is final, of
-    subscriptions that bill `meter`. Stripe bills a window in the period its timestamp (the
-    window's start) falls in."""
+    """Per customer id: where in [start, end) a meter event can no longer change the bill, in
+    periods of subscriptions that bill `meter`. Stripe bills a window in the period its timestamp
+    (the window's start) falls in, so:
+
+    - a period whose invoice is final, whole;
+    - the part older than Stripe accepts (35 days) of any other period: Stripe refuses the
+      event, so such a change too can only be billed by an invoice item."""
+    oldest = windows.oldest_reportable(meter.window, now=now)
     rows = BillingPeriod.objects.filter(
-        status=PeriodStatus.CLOSED,
         subscription__prices__meter=meter,
         period_start__lt=end,
         period_end__gt=start,
     ).select_related("subscription")
+    if start >= oldest:  # nothing too old: only closed periods count
+        rows = rows.filter(status=PeriodStatus.CLOSED)
     found: dict[int, list[ClosedPeriod]] = defaultdict(list)
     for period in rows.distinct():
-        found[period.subscription.customer_id].append(
-            ClosedPeriod(period, period.period_start, period.period_end)
-        )
+        closed = period.status == PeriodStatus.CLOSED
+        until = period.period_end if closed else min(period.period_end, oldest)
+        if period.period_start < until:
+            found[period.subscription.customer_id].append(
+                ClosedPeriod(period, period.period_start, until)
+            )
     return dict(found)

@@ -35,10 +35,10 @@ ZERO = Decimal(0)
 FLUSH_EVERY = 2000  # items per insert
 PROGRESS_EVERY = 500  # customers: the counters on the page move at least this often
 ERRORS_KEPT = 20  # per meter: one line per customer Stripe could not be read for, at most
-STEP_ROWS = 2000  # rows loaded per step of `loading` (a few milliseconds)
+STEP_ROWS = 1000  # rows loaded per step of `loading` (a few milliseconds)
 # Rows per OpenMeter answer: each answer is decoded in one step, holding the GIL throughout, so
 # they are smaller than reporting's (the reading threads wait for it).
-QUERY_ROWS = 10_000
+QUERY_ROWS = 5_000
 
 
 @dataclass(kw_only=True)

@@ -54,7 +54,7 @@ def start_reconciliation(
     if (request.start is None) != (request.end is None):
         raise ReportInputError("Give both --from and --to, or neither.")
     if request.start is not None and request.end is not None:
-        validate_period(start=request.start, end=request.end, meters=chosen, now=now)
+        validate_period(start=request.start, end=request.end, meters=chosen, now=now, sending=False)
         mode, start, end = RunMode.PERIOD, request.start, request.end
     else:
         ranges = [lookback_range(m.window, now=now) for m in chosen] or [
@@ -147,7 +147,7 @@ def _compare(
                 )
 
     loads = MeterLoads(meters=meters, make=comparison_of, openmeter=openmeter, errors=errors)
-    reader = SummaryReader()
+    reader = SummaryReader(concurrency=settings.STRIPE_READ_CONCURRENCY)
     for summaries in reader.read(requests()):
         reconciliation.stripe_requests = reader.requests
         meter, customer = summaries.request.key

@@ -57,9 +57,10 @@ def coarsest_window(meters: Sequence[Meter]) -> str:
 
 
 def validate_period(
-    *, start: datetime, end: datetime, meters: Sequence[Meter], now: datetime
+    *, start: datetime, end: datetime, meters: Sequence[Meter], now: datetime, sending: bool = True
 ) -> None:
-    """Refuse a period Stripe cannot take or the meters cannot be reported for, saying why."""
+    """Refuse a period Stripe cannot take or the meters cannot be reported for, saying why.
+    `sending=False` (a reconciliation, which reads) allows windows older than Stripe accepts."""
     check_in_range("start", start)
     check_in_range("end", end)
     window = coarsest_window(meters)
@@ -90,10 +91,10 @@ def validate_period(
                 f"{utc_iso(open_window)} or earlier."
             )
         oldest = windows.oldest_reportable(meter.window, now=now)
-        if start < oldest:
+        if sending and start < oldest:
             raise ReportInputError(
                 f"Stripe only accepts usage from the last 35 days: start at {utc_iso(oldest)} "
-                "or later."
+                "or later (`reconcile` compares older windows and proposes corrections)."
             )
 
 
