@@ -5,8 +5,8 @@ reconciliation reads customers concurrently, every page through the process's to
 and meter event sends together stay under STRIPE_MAX_REQUESTS_PER_SECOND.
 
 Pages are read with StripeReads (stripe_reads.py: the same request and errors as stripe-python,
-at a third of the CPU) and their values taken from the JSON, not built into typed objects: a
-reconciliation reads hundreds of pages per second."""
+at a fifth of the CPU of its raw_request) and their values taken from the JSON, not built into
+typed objects: a reconciliation reads hundreds of pages per second."""
 
 import logging
 import queue
