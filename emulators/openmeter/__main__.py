@@ -3,12 +3,12 @@
 
 Serves the OpenMeter emulator in the foreground until Ctrl-C (or SIGTERM).
 
-``--state PATH`` keeps the meters and their events across restarts: the state is loaded from PATH
-at start if the file exists, saved at most every 5 seconds while it changes and once more on stop
-(written to a temporary file in the same directory and renamed, mode 0600). A ``--meter`` whose
-slug is already in the loaded state keeps its saved definition; new ones are added. A file that
-cannot be read is reported, renamed to PATH.bad, and the emulator starts empty (plus its
-``--meter`` meters). The file is a pickle: use only files this emulator wrote.
+``--state PATH`` keeps the meters, their events and the customers across restarts: the state is
+loaded from PATH at start if the file exists, saved at most every 5 seconds while it changes and
+once more on stop (written to a temporary file in the same directory and renamed, mode 0600). A
+``--meter`` whose slug is already in the loaded state keeps its saved definition; new ones are
+added. A file that cannot be read is reported, renamed to PATH.bad, and the emulator starts empty
+(plus its ``--meter`` meters). The file is a pickle: use only files this emulator wrote.
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         "--state",
         metavar="PATH",
         default=None,
-        help="load meters and events from PATH if it exists (its meters win over --meter); save "
-        "them there every 5 s while they change and on stop (an unreadable file is renamed to "
-        "PATH.bad)",
+        help="load meters, events and customers from PATH if it exists (its meters win over "
+        "--meter); save them there every 5 s while they change and on stop (an unreadable file "
+        "is renamed to PATH.bad)",
     )
     args = parser.parse_args(argv)
     fake = FakeOpenMeter(token=args.token, host=args.host, port=args.port)

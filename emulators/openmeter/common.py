@@ -1,5 +1,5 @@
 """Shared pieces of the OpenMeter emulator: constants, time and number helpers, JSONPath,
-filters, CloudEvent checks and RFC 7807 problem bodies.
+filters, CloudEvent and CustomerCreate checks and RFC 7807 problem bodies.
 """
 
 from __future__ import annotations
@@ -276,6 +276,86 @@ def _check_event(
     if data is not None and not isinstance(data, dict):
         raise _Problem(400, f"{where}: data must be a JSON object")
     return event["id"], event["source"], event["type"], event["subject"], stamp, data
+
+
+def _body_text(
+    body: dict[str, Any], name: str, *, lo: int = 1, hi: int | None = None, pattern: str = ""
+) -> str | None:
+    """An optional string property of a request body (None when absent), checked."""
+    if name not in body:
+        return None
+    value = body[name]
+    if not isinstance(value, str):
+        raise _Problem(400, f'request body has an error: property "{name}" must be a string')
+    if len(value) < lo or (hi is not None and len(value) > hi):
+        limit = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        raise _Problem(
+            400, f'request body has an error: property "{name}" must be {limit} characters long'
+        )
+    if pattern and not re.fullmatch(pattern, value):
+        raise _Problem(
+            400, f'request body has an error: property "{name}" must match the pattern {pattern}'
+        )
+    return value
+
+
+def _check_subject_keys(keys: Any) -> list[str]:
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        raise _Problem(
+            400,
+            'property "usageAttribution.subjectKeys" must be an array of non-empty strings',
+        )
+    return list(keys)
+
+
+def _check_customer(body: Any) -> tuple[str, str | None, list[str], dict[str, Any]]:
+    """A CustomerCreate body -> (name, key, subject keys, the other optional fields as given)."""
+    if not isinstance(body, dict):
+        raise _Problem(400, "request body must be a JSON object")
+    if "name" not in body:
+        raise _Problem(400, 'request body has an error: property "name" is missing')
+    name = _body_text(body, "name", hi=256)
+    assert name is not None
+    key = _body_text(body, "key", hi=256)
+    fields: dict[str, Any] = {}
+    checks: dict[str, dict[str, Any]] = {
+        "description": {"lo": 0, "hi": 1024},
+        "primaryEmail": {"lo": 0},
+        "currency": {"pattern": "[A-Z]{3}"},
+    }
+    for field, limits in checks.items():
+        value = _body_text(body, field, **limits)
+        if value is not None:
+            fields[field] = value
+    metadata = body.get("metadata")
+    if metadata is not None:  # nullable
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise _Problem(
+                400, 'request body has an error: property "metadata" must map names to strings'
+            )
+        fields["metadata"] = metadata
+    if "billingAddress" in body:
+        address = body["billingAddress"]
+        if not isinstance(address, dict):
+            raise _Problem(
+                400, 'request body has an error: property "billingAddress" must be an object'
+            )
+        for part in ("country", "postalCode", "state", "city", "line1", "line2", "phoneNumber"):
+            _body_text(address, part, lo=0, pattern="[A-Z]{2}" if part == "country" else "")
+        fields["billingAddress"] = address
+    subject_keys: list[str] = []
+    if "usageAttribution" in body:
+        attribution = body["usageAttribution"]
+        if not isinstance(attribution, dict) or "subjectKeys" not in attribution:
+            raise _Problem(
+                400,
+                'request body has an error: property "usageAttribution" must be an object with '
+                '"subjectKeys"',
+            )
+        subject_keys = _check_subject_keys(attribution["subjectKeys"])
+    if key is None and not subject_keys:
+        raise _Problem(400, "either key or usageAttribution.subjectKeys must be provided")
+    return name, key, subject_keys, fields
 
 
 def _dumps(body: Any) -> bytes:

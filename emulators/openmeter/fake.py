@@ -10,6 +10,11 @@ It speaks the parts of `emulators/contracts/openmeter/openapi.v1-subset.yaml` th
 - ``GET /api/v1/meters/{idOrSlug}/query``: aggregates the raw events per tumbling window and group,
   over the half-open range ``[from, to)``, and validates its parameters the way the real server does
   (unknown parameter, bad enum value, unparseable time, ``from`` not before ``to``: 400).
+  ``filterCustomerId`` (customer ids, at most 100; an unknown one: 404) keeps the events whose
+  subject is one of those customers' current subject keys or its key, and groups the rows by
+  customer (``customerId``; per customer and subject with ``groupBy=subject``).
+- ``GET /api/v1/customers`` (paginated, filtered, ordered), ``POST /api/v1/customers`` (201; a key
+  or subject key another customer has: 409), ``GET /api/v1/customers/{customerIdOrKey}``.
 
 Errors are RFC 7807 ``application/problem+json`` bodies (``type``, ``title``, ``status``,
 ``detail``, ``instance``). Switches for faults: :meth:`FakeOpenMeter.fail_next`,
@@ -17,15 +22,16 @@ Errors are RFC 7807 ``application/problem+json`` bodies (``type``, ``title``, ``
 
 Speed: every meter keeps, besides its raw events (sorted lazily, for any query), dense per-hour
 sums and counts per subject. SUM, COUNT and AVG queries whose ``from``/``to`` fall on whole UTC
-hours, with ``windowSize`` HOUR, DAY or none in UTC and no group-by other than ``subject``, are
-answered from those buckets, so a whole-range query over a million events takes milliseconds.
+hours, with ``windowSize`` HOUR, DAY or none in UTC and no group-by other than ``subject`` (and
+the customer grouping of ``filterCustomerId``), are answered from those buckets, so a whole-range
+query over a million events takes milliseconds.
 
 Values: sums are exact-rounded (Neumaier per bucket, ``math.fsum`` across buckets) and printed with
 15 significant digits, so ``0.1 + 0.2`` reads ``0.3``, as OpenMeter's decimal-precision sums do.
 
 Modules: this one holds the state and the public API; ``storage.py`` the meters and their hourly
-buckets, ``query.py`` the meter query, ``server.py`` the HTTP plumbing, ``common.py`` helpers,
-``state.py`` saving and loading the state (:meth:`FakeOpenMeter.save_state`).
+buckets, and the customers; ``query.py`` the meter query, ``server.py`` the HTTP plumbing,
+``common.py`` helpers, ``state.py`` saving and loading the state (:meth:`FakeOpenMeter.save_state`).
 
 Run it by hand: ``python -m emulators.openmeter --port 8888 --meter api_calls [--state PATH]``.
 """
@@ -37,7 +43,7 @@ import math
 import re
 import threading
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from http.server import ThreadingHTTPServer
@@ -50,7 +56,9 @@ from .common import (
     _SLUG,
     AGGREGATIONS,
     EPOCH,
+    _check_customer,
     _check_event,
+    _check_subject_keys,
     _dumps,
     _numeric,
     _parse_time,
@@ -59,6 +67,7 @@ from .common import (
 )
 from .query import (
     _bad_time,
+    _bool_param,
     _enum_param,
     _int_param,
     _parse_query,
@@ -69,6 +78,8 @@ from .query import (
 from .server import _Handler, _Server
 from .state import _State
 from .storage import (
+    _Customer,
+    _Customers,
     _Meter,
 )
 
@@ -88,6 +99,7 @@ class FakeOpenMeter(_State):
         self._meters: dict[str, _Meter] = {}
         self._raw: list[tuple[str, int, str, Any, float | None]] = []
         self._seen: set[tuple[str, str]] = set()
+        self._customers = _Customers()
         self.requests: list[tuple[str, str]] = []
         self.request_headers: list[dict[str, str]] = []
         self.latency: float = 0.0
@@ -144,11 +156,12 @@ class FakeOpenMeter(_State):
         return int(self._server.server_address[1])
 
     def reset(self) -> None:
-        """Forget meters, events, recorded requests and faults (the token stays)."""
+        """Forget meters, events, customers, recorded requests and faults (the token stays)."""
         with self._lock:
             self._meters.clear()
             self._raw.clear()
             self._seen.clear()
+            self._customers.clear()
             self.requests.clear()
             self.request_headers.clear()
             self.latency = 0.0
@@ -262,6 +275,58 @@ class FakeOpenMeter(_State):
                     value = _NAN
                 target.add(ts, subject, value)
 
+    def add_customer(
+        self,
+        *,
+        name: str,
+        key: str | None = None,
+        subject_keys: Sequence[str] = (),
+        email: str | None = None,
+    ) -> dict[str, Any]:
+        """Create a customer as POST /api/v1/customers does and return its JSON (with its ``id``).
+        ValueError where OpenMeter answers 400 or 409: neither key nor subject keys, or a key or
+        subject key another customer has."""
+        keys: Any = subject_keys if isinstance(subject_keys, str) else list(subject_keys)
+        body: dict[str, Any] = {"name": name, "usageAttribution": {"subjectKeys": keys}}
+        if key is not None:
+            body["key"] = key
+        if email is not None:
+            body["primaryEmail"] = email
+        try:
+            return self._create_customer(body)
+        except _Problem as problem:
+            raise ValueError(problem.detail) from None
+
+    def set_subject_keys(self, id_or_key: str, subject_keys: Sequence[str]) -> None:
+        """Replace a customer's subject keys. Meter queries attribute events by the customers'
+        current subject keys, so a subject moved to another customer takes its past usage along.
+        KeyError for an unknown customer; ValueError for a subject key another customer has
+        (take it off that customer first) or for no subject keys left on a customer without a key.
+        """
+        keys: Any = subject_keys if isinstance(subject_keys, str) else list(subject_keys)
+        with self._lock:
+            customer = self._customers.find(id_or_key)
+            if customer is None:
+                raise KeyError(f"unknown customer: {id_or_key!r}")
+            try:
+                self._customers.set_subject_keys(customer, _check_subject_keys(keys))
+            except _Problem as problem:
+                raise ValueError(problem.detail) from None
+            self._changes += 1
+
+    def customers(self) -> list[dict[str, Any]]:
+        """Every customer's JSON, in the order they were created."""
+        with self._lock:
+            return [c.as_json() for c in self._customers.by_id.values()]
+
+    def _create_customer(self, body: Any) -> dict[str, Any]:
+        name, key, subject_keys, fields = _check_customer(body)
+        customer = _Customer(name=name, key=key, subject_keys=subject_keys, fields=fields)
+        with self._lock:
+            self._customers.add(customer)
+            self._changes += 1
+        return customer.as_json()
+
     def _feed(self, meter: _Meter, ts: int, subject: str, data: Any, direct: float | None) -> None:
         if direct is not None:
             meter.add(ts, subject, direct)
@@ -309,11 +374,13 @@ class FakeOpenMeter(_State):
                 raise _Problem(405, f"method {method} not allowed on {path}")
             self._ingest_http(headers.get("content-type", ""), body)
             return 204, {}, b""
+        params = parse_qsl(parts.query, keep_blank_values=True)
+        if resource[0] == "customers":
+            return self._customers_http(method, path, resource[1:], params, headers, body)
         if resource[0] != "meters" or len(resource) > 3:
             raise _Problem(404, f"no route for {path}")
         if method != "GET":
             raise _Problem(405, f"method {method} not allowed on {path}")
-        params = parse_qsl(parts.query, keep_blank_values=True)
         if len(resource) == 1:
             return 200, {}, self._list_meters(params)
         id_or_slug = resource[1]
@@ -330,7 +397,7 @@ class FakeOpenMeter(_State):
         if resource[2] == "query":
             with self._lock:
                 meter = self._meter(id_or_slug)
-                query = _parse_query(meter, params)
+                query = _parse_query(meter, params, self._customers)
                 if self.require_window_size and query.window is None:
                     raise _Problem(400, 'parameter "windowSize" in query is required')
                 return 200, {}, _run_query(meter, query)
@@ -355,10 +422,7 @@ class FakeOpenMeter(_State):
         order_by = _enum_param(
             values, "orderBy", ("key", "name", "aggregation", "createdAt", "updatedAt")
         )
-        if "includeDeleted" in values and values["includeDeleted"] not in ("true", "false"):
-            raise _Problem(
-                400, 'parameter "includeDeleted" in query has an error: value must be a boolean'
-            )
+        _bool_param(values, "includeDeleted")  # no meter is ever deleted here
         with self._lock:
             meters = list(self._meters.values())
         sort_key: Callable[[_Meter], Any] = {
@@ -372,6 +436,82 @@ class FakeOpenMeter(_State):
         meters.sort(key=sort_key, reverse=order == "DESC")
         chosen = meters[(page - 1) * size : page * size]
         return _dumps([m.as_json() for m in chosen])
+
+    def _customers_http(
+        self,
+        method: str,
+        path: str,
+        rest: list[str],
+        params: list[tuple[str, str]],
+        headers: dict[str, str],
+        body: bytes,
+    ) -> tuple[int, dict[str, str], bytes]:
+        if not rest:
+            if method == "GET":
+                return 200, {}, self._list_customers(params)
+            if method == "POST":
+                _reject_unknown(params, set())
+                payload = _json_body(headers.get("content-type", ""), body)
+                return 201, {}, _dumps(self._create_customer(payload))
+            raise _Problem(405, f"method {method} not allowed on {path}")
+        if len(rest) > 1 or not rest[0]:
+            raise _Problem(404, f"no route for {path}")
+        if method != "GET":
+            raise _Problem(405, f"method {method} not allowed on {path}")
+        id_or_key = rest[0]
+        if len(id_or_key) > 256:
+            raise _Problem(
+                400,
+                'parameter "customerIdOrKey" in path has an error: it must be a ULID or a key of '
+                "at most 256 characters",
+            )
+        _reject_unknown(params, {"expand"})
+        _check_expand(params)
+        with self._lock:
+            customer = self._customers.find(id_or_key)
+            if customer is None:
+                raise _Problem(
+                    404, f"customer with id or key {id_or_key} not found in default namespace"
+                )
+            # subscriptions are expanded by default; the emulator has none
+            return 200, {}, _dumps({**customer.as_json(), "subscriptions": []})
+
+    def _list_customers(self, params: list[tuple[str, str]]) -> bytes:
+        filters = ("key", "name", "primaryEmail", "subject", "planKey")
+        known = {"page", "pageSize", "order", "orderBy", "includeDeleted", "expand", *filters}
+        _reject_unknown(params, known)
+        _check_expand(params)
+        values = _singles([(name, value) for name, value in params if name != "expand"])
+        page = _int_param(values, "page", 1, 1, None)
+        size = _int_param(values, "pageSize", 100, 1, 1000)
+        order = _enum_param(values, "order", ("ASC", "DESC")) or "ASC"
+        order_by = _enum_param(values, "orderBy", ("id", "name", "createdAt")) or "name"
+        _bool_param(values, "includeDeleted")  # no customer is ever deleted here
+
+        # the filters are case-insensitive partial matches, as in OpenMeter
+        texts: dict[str, Callable[[_Customer], list[str | None]]] = {
+            "key": lambda c: [c.key],
+            "name": lambda c: [c.name],
+            "primaryEmail": lambda c: [c.fields.get("primaryEmail")],
+            "subject": lambda c: list(c.subject_keys),
+        }
+        with self._lock:
+            found = list(self._customers.by_id.values())
+            if "planKey" in values:  # a plan key needs a subscription; the emulator has none
+                found = []
+            for name, texts_of in texts.items():
+                if name in values:
+                    part = values[name].lower()
+                    found = [c for c in found if any(part in t.lower() for t in texts_of(c) if t)]
+            sort_key: Callable[[_Customer], Any] = {
+                "id": lambda c: c.id,
+                "name": lambda c: c.name,
+                "createdAt": lambda c: c.created_us,
+            }[order_by]
+            found.sort(key=sort_key, reverse=order == "DESC")  # stable: ties in creation order
+            chosen = found[(page - 1) * size : page * size]
+            items = [{**c.as_json(), "subscriptions": []} for c in chosen]
+        return _dumps({"totalCount": len(found), "page": page, "pageSize": size, "items": items})
 
     def _subjects(self, id_or_slug: str, params: list[tuple[str, str]]) -> bytes:
         _reject_unknown(params, {"from", "to"})
@@ -429,3 +569,23 @@ class FakeOpenMeter(_State):
                 for meter in self._meters.values():
                     if meter.event_type == etype:
                         self._feed(meter, ts, subject, data, None)
+
+
+def _check_expand(params: list[tuple[str, str]]) -> None:
+    for name, value in params:
+        if name == "expand" and value != "subscriptions":
+            raise _Problem(
+                400,
+                f'parameter "expand" in query has an error: value {value!r} is not one of the '
+                'allowed values ["subscriptions"]',
+            )
+
+
+def _json_body(content_type: str, body: bytes) -> Any:
+    media = content_type.split(";")[0].strip().lower()
+    if media != "application/json":
+        raise _Problem(400, f"unsupported content type {media or '(none)'!r}: use application/json")
+    try:
+        return json.loads(body or b"null")
+    except ValueError as exc:
+        raise _Problem(400, f"request body is not valid JSON: {exc}") from None

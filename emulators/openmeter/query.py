@@ -27,6 +27,7 @@ from .common import (
     _to_us,
 )
 from .storage import (
+    _Customers,
     _Hour,
     _Meter,
     _Query,
@@ -85,6 +86,12 @@ def _enum_param(values: dict[str, str], name: str, allowed: tuple[str, ...]) -> 
     return values[name]
 
 
+def _bool_param(values: dict[str, str], name: str) -> bool:
+    if values.get(name, "false") not in ("true", "false"):
+        raise _Problem(400, f'parameter "{name}" in query has an error: value must be a boolean')
+    return values.get(name) == "true"
+
+
 def _bad_time(name: str, text: str) -> str:
     return (
         f'parameter "{name}" in query has an error: {text!r} is not a valid RFC 3339 date-time '
@@ -92,7 +99,7 @@ def _bad_time(name: str, text: str) -> str:
     )
 
 
-def _parse_query(meter: _Meter, params: list[tuple[str, str]]) -> _Query:
+def _parse_query(meter: _Meter, params: list[tuple[str, str]], customers: _Customers) -> _Query:
     query = _Query()
     singles: dict[str, str] = {}
     multi: dict[str, list[str]] = {name: [] for name in _QUERY_MULTI}
@@ -110,6 +117,11 @@ def _parse_query(meter: _Meter, params: list[tuple[str, str]]) -> _Query:
             filter_eq[m.group(1)] = value
         else:
             raise _Problem(400, f'unknown query parameter "{name}"')
+    if len(multi["filterCustomerId"]) > 100:
+        raise _Problem(
+            400,
+            'parameter "filterCustomerId" in query has an error: maximum number of items is 100',
+        )
 
     for name in ("from", "to"):
         text = singles.get(name)
@@ -142,15 +154,8 @@ def _parse_query(meter: _Meter, params: list[tuple[str, str]]) -> _Query:
                 raise _Problem(400, f"invalid time zone: unknown time zone {name}") from None
             query.tz_is_utc = False
 
-    if multi["filterCustomerId"]:
-        raise _Problem(
-            400, "filterCustomerId is not supported by the fake OpenMeter (it has no customers)"
-        )
-
     for key in multi["groupBy"]:
-        if key == "customer_id":
-            raise _Problem(400, "customer filter is required with customer_id group by")
-        if key != "subject" and key not in meter.group_by:
+        if key not in ("subject", "customer_id") and key not in meter.group_by:
             raise _Problem(400, f"invalid group by: {key}")
         if key not in query.group_by:
             query.group_by.append(key)
@@ -159,6 +164,14 @@ def _parse_query(meter: _Meter, params: list[tuple[str, str]]) -> _Query:
         query.subjects = multi["subject"]
         if "subject" not in query.group_by:
             query.group_by.append("subject")
+
+    # filterCustomerId takes customer ids (not keys) and also groups by customer
+    if multi["filterCustomerId"]:
+        query.attribution = customers.attribution(list(dict.fromkeys(multi["filterCustomerId"])))
+        if "customer_id" not in query.group_by:
+            query.group_by.append("customer_id")
+    elif "customer_id" in query.group_by:
+        raise _Problem(400, "customer filter is required with customer_id group by")
 
     for key, value in filter_eq.items():
         if key not in meter.group_by:
@@ -205,7 +218,7 @@ def _run_query(meter: _Meter, query: _Query) -> bytes:
         and query.to_us % US_HOUR == 0
         and query.window in (None, "HOUR", "DAY")
         and query.tz_is_utc
-        and all(key == "subject" for key in query.group_by)
+        and all(key in ("subject", "customer_id") for key in query.group_by)
         and not query.filters
     )
     rows = _fast_rows(meter, query) if fast else _raw_rows(meter, query)
@@ -213,11 +226,25 @@ def _run_query(meter: _Meter, query: _Query) -> bytes:
     return (prefix + (", " if head else "") + '"data": [' + ",".join(rows) + "]}").encode()
 
 
-def _row(value: str, start: int, end: int, subject_json: str, groups: str = "{}") -> str:
+def _row(
+    value: str, start: int, end: int, subject_json: str, groups: str = "{}", customer: str = ""
+) -> str:
+    """A MeterQueryRow; ``customer`` is empty or the ``,"customerId":...`` member."""
     return (
         f'{{"value":{value},"windowStart":"{_fmt(start)}","windowEnd":"{_fmt(end)}",'
-        f'"subject":{subject_json},"groupBy":{groups}}}'
+        f'"subject":{subject_json}{customer},"groupBy":{groups}}}'
     )
+
+
+def _customer_member(customer_id: str) -> str:
+    return f',"customerId":{json.dumps(customer_id)}'
+
+
+def _owners(meter: _Meter, query: _Query) -> dict[int, str] | None:
+    """Subject id of the meter -> customer id, when the query filters by customer."""
+    if query.attribution is None:
+        return None
+    return {meter.sid[s]: c for s, c in query.attribution.items() if s in meter.sid}
 
 
 def _fast_rows(meter: _Meter, query: _Query) -> list[str]:
@@ -241,21 +268,40 @@ def _fast_rows(meter: _Meter, query: _Query) -> list[str]:
     else:
         windows = [(query.from_us, query.to_us, [meter.hours[h] for h in hours])]
 
-    if query.subjects is not None:
-        known = {meter.sid[s] for s in query.subjects if s in meter.sid}
-        chosen = sorted(known, key=meter.subjects.__getitem__)
+    names: list[str] | dict[int, str] = meter.subject_json
+    owners = _owners(meter, query)
+    # the rows without a subject: one over all chosen subjects, or one per customer
+    totals_of: list[tuple[str, list[int]]]
+    if owners is None:
+        if query.subjects is not None:
+            known = {meter.sid[s] for s in query.subjects if s in meter.sid}
+            chosen = sorted(known, key=meter.subjects.__getitem__)
+        else:
+            chosen = sorted(range(size), key=meter.subjects.__getitem__)
+        totals_of = [("", chosen)]
     else:
-        chosen = sorted(range(size), key=meter.subjects.__getitem__)
+        wanted = set(owners)
+        if query.subjects is not None:
+            wanted &= {meter.sid[s] for s in query.subjects if s in meter.sid}
+        chosen = sorted(wanted, key=lambda s: (owners[s], meter.subjects[s]))
+        by_customer: dict[str, list[int]] = {}
+        for s in chosen:
+            by_customer.setdefault(owners[s], []).append(s)
+        totals_of = [(_customer_member(c), sids) for c, sids in by_customer.items()]
+        # per-subject rows carry the subject's customer after the subject
+        names = {s: names[s] + _customer_member(owners[s]) for s in chosen}
     agg = meter.aggregation
     rows: list[str] = []
     for start, end, buckets in windows:
         if "subject" not in query.group_by:
-            nall = sum(b.nall[s] for b in buckets for s in chosen)
-            nval = sum(b.nval[s] for b in buckets for s in chosen)
-            total = math.fsum(arr[s] for b in buckets for arr in (b.sums, b.comp) for s in chosen)
-            value = _value(agg, nall, nval, total)
-            if value is not None:
-                rows.append(_row(value, start, end, "null"))
+            # SUM, COUNT and AVG of a customer from its subjects' counts and sums: exact
+            for customer, sids in totals_of:
+                nall = sum(b.nall[s] for b in buckets for s in sids)
+                nval = sum(b.nval[s] for b in buckets for s in sids)
+                total = math.fsum(arr[s] for b in buckets for arr in (b.sums, b.comp) for s in sids)
+                value = _value(agg, nall, nval, total)
+                if value is not None:
+                    rows.append(_row(value, start, end, "null", customer=customer))
             continue
         nalls: Any
         nvals: Any
@@ -270,7 +316,6 @@ def _fast_rows(meter: _Meter, query: _Query) -> list[str]:
             columns = [b.sums for b in buckets] + [b.comp for b in buckets]
             totals = [math.fsum(col) for col in zip(*columns, strict=True)]
         middle = f',"windowStart":"{_fmt(start)}","windowEnd":"{_fmt(end)}","subject":'
-        names = meter.subject_json
         for s in chosen:
             if nalls[s]:
                 value = _value(agg, nalls[s], nvals[s], totals[s])
@@ -336,8 +381,12 @@ def _raw_rows(meter: _Meter, query: _Query) -> list[str]:
     wanted = None
     if query.subjects is not None:
         wanted = {meter.sid[s] for s in query.subjects if s in meter.sid}
+    owners = _owners(meter, query)
+    if owners is not None:
+        wanted = set(owners) if wanted is None else wanted & set(owners)
     by_subject = "subject" in query.group_by
-    key_names = [k for k in query.group_by if k != "subject"]
+    by_sid = by_subject or owners is not None  # per customer: per subject first, merged below
+    key_names = [k for k in query.group_by if k not in ("subject", "customer_id")]
     key_idx = [meter.group_keys.index(k) for k in key_names]
     filters = [(meter.group_keys.index(k), f) for k, f in query.filters]
     groups: dict[tuple[Any, ...], list[int]] = {}
@@ -350,7 +399,7 @@ def _raw_rows(meter: _Meter, query: _Query) -> list[str]:
             continue
         key = (
             window_of(ts[i]) if window_of is not None else None,
-            sid if by_subject else -1,
+            sid if by_sid else -1,
             tuple(gv[j] for j in key_idx),
         )
         members = groups.get(key)
@@ -358,6 +407,17 @@ def _raw_rows(meter: _Meter, query: _Query) -> list[str]:
             groups[key] = [i]
         else:
             members.append(i)
+    if owners is not None and not by_subject:
+        # one group per customer, keyed by its first subject: the raw events of all its
+        # subjects together, so every aggregation (UNIQUE_COUNT, AVG, LATEST...) stays exact
+        first_sid: dict[str, int] = {}
+        merged: dict[tuple[Any, ...], list[int]] = {}
+        for (window, sid, gkey), members in groups.items():
+            key = (window, first_sid.setdefault(owners[sid], sid), gkey)
+            merged.setdefault(key, []).extend(members)
+        for members in merged.values():
+            members.sort()  # back in time order
+        groups = merged
 
     agg = meter.aggregation
     out: list[tuple[tuple[Any, ...], str]] = []
@@ -392,6 +452,9 @@ def _raw_rows(meter: _Meter, query: _Query) -> list[str]:
         subject = meter.subjects[sid] if by_subject else ""
         subject_json = meter.subject_json[sid] if by_subject else "null"
         group_json = json.dumps(dict(zip(key_names, gkey, strict=True)), separators=(",", ":"))
-        out.append(((start, end, subject, gkey), _row(value, start, end, subject_json, group_json)))
+        customer = "" if owners is None else owners[sid]
+        member = _customer_member(customer) if customer else ""
+        row = _row(value, start, end, subject_json, group_json, member)
+        out.append(((start, end, customer, subject, gkey), row))
     out.sort(key=lambda item: item[0])
     return [row for _, row in out]

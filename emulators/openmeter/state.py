@@ -2,8 +2,9 @@
 mixin).
 
 Saved: the meters (definitions, ids, events and hourly buckets), the raw events kept for meters
-added later, and the (id, source) pairs seen for deduplication. Not saved: the request log,
-faults and switches, the token, the server.
+added later, the (id, source) pairs seen for deduplication, and the customers (a file saved before
+the emulator had customers loads with none). Not saved: the request log, faults and switches, the
+token, the server.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import threading
 
 from .. import persist
+from .storage import _Customers
 
 FORMAT = "emulators.openmeter/1"
-STATE_ATTRS = ("_meters", "_raw", "_seen")
+STATE_ATTRS = ("_meters", "_raw", "_seen", "_customers")
+_ADDED_LATER = frozenset({"_customers"})
 
 
 class _State:
@@ -24,7 +27,8 @@ class _State:
 
     @property
     def change_count(self) -> int:
-        """Grows with every change of meters or events (and every reset() and load_state())."""
+        """Grows with every change of meters, events or customers (and every reset() and
+        load_state())."""
         return self._changes
 
     def save_state(self, path: str) -> None:
@@ -36,10 +40,11 @@ class _State:
     def load_state(self, path: str) -> bool:
         """Replace the state with the one saved in ``path``. False (nothing changed) if there is
         no such file; :class:`emulators.persist.StateFileError` if it cannot be used."""
-        state = persist.read(path, FORMAT, frozenset(STATE_ATTRS))
+        state = persist.read(path, FORMAT, frozenset(STATE_ATTRS), _ADDED_LATER)
         if state is None:
             return False
-        shapes = (("_meters", dict), ("_raw", list), ("_seen", set))
+        state.setdefault("_customers", _Customers())
+        shapes = (("_meters", dict), ("_raw", list), ("_seen", set), ("_customers", _Customers))
         if not all(isinstance(state[name], kind) for name, kind in shapes):
             raise persist.StateFileError(f"{path} does not hold OpenMeter state")
         with self._lock:

@@ -1,4 +1,5 @@
-"""Storage of the OpenMeter emulator: meters with raw events and dense per-hour buckets."""
+"""Storage of the OpenMeter emulator: meters with raw events and dense per-hour buckets, and
+customers with the subject keys their usage is attributed by."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from .common import (
     _MISSING,
     US_HOUR,
     _compile_jsonpath,
+    _fmt,
     _numeric,
+    _Problem,
     _text,
+    _to_us,
     _ulid,
 )
 
@@ -168,6 +172,102 @@ class _Meter:
         self.is_sorted = True
 
 
+class _Customer:
+    """An OpenMeter customer. ``fields`` holds the optional CustomerCreate fields as given
+    (description, primaryEmail, currency, metadata, billingAddress)."""
+
+    def __init__(
+        self, *, name: str, key: str | None, subject_keys: list[str], fields: dict[str, Any]
+    ) -> None:
+        now = _to_us(datetime.now(UTC))
+        self.id = _ulid(now // 1000)
+        self.name = name
+        self.key = key
+        self.subject_keys = subject_keys
+        self.fields = fields
+        self.created_us = self.updated_us = now
+
+    def as_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"id": self.id, "name": self.name}
+        if self.key is not None:
+            body["key"] = self.key
+        body.update(self.fields)
+        body["usageAttribution"] = {"subjectKeys": list(self.subject_keys)}
+        body["createdAt"] = _fmt(self.created_us)
+        body["updatedAt"] = _fmt(self.updated_us)
+        return body
+
+
+class _Customers:
+    """The customers, indexed by id, by key and by subject key (one customer per subject key and
+    per key, as OpenMeter's unique constraints have it; both conflicts answer 409)."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, _Customer] = {}
+        self.id_of_key: dict[str, str] = {}
+        self.owner: dict[str, str] = {}  # subject key -> customer id
+
+    def clear(self) -> None:
+        self.by_id.clear()
+        self.id_of_key.clear()
+        self.owner.clear()
+
+    def find(self, id_or_key: str) -> _Customer | None:
+        found = self.by_id.get(id_or_key)
+        if found is None and id_or_key in self.id_of_key:
+            found = self.by_id[self.id_of_key[id_or_key]]
+        return found
+
+    def add(self, customer: _Customer) -> None:
+        if customer.key is not None and customer.key in self.id_of_key:
+            raise _Problem(
+                409,
+                f'key "{customer.key}" is already used by an another customer in the namespace '
+                "default",
+            )
+        self._check_subject_keys(customer.id, customer.subject_keys)
+        self.by_id[customer.id] = customer
+        if customer.key is not None:
+            self.id_of_key[customer.key] = customer.id
+        for subject in customer.subject_keys:
+            self.owner[subject] = customer.id
+
+    def set_subject_keys(self, customer: _Customer, subject_keys: list[str]) -> None:
+        if customer.key is None and not subject_keys:
+            raise _Problem(400, "either key or usageAttribution.subjectKeys must be provided")
+        self._check_subject_keys(customer.id, subject_keys)
+        for subject in customer.subject_keys:
+            del self.owner[subject]
+        for subject in subject_keys:
+            self.owner[subject] = customer.id
+        customer.subject_keys = subject_keys
+        customer.updated_us = _to_us(datetime.now(UTC))
+
+    def _check_subject_keys(self, customer_id: str, subject_keys: list[str]) -> None:
+        taken = any(self.owner.get(s, customer_id) != customer_id for s in subject_keys)
+        if taken or len(set(subject_keys)) < len(subject_keys):
+            raise _Problem(
+                409,
+                f"one or multiple subject keys of [{', '.join(subject_keys)}] are already "
+                "associated with an different customer in the namespace default",
+            )
+
+    def attribution(self, ids: list[str]) -> dict[str, str]:
+        """Subject -> customer id for the customers ``ids`` (404 if one is unknown): their key and
+        their current subject keys, as OpenMeter's meter query maps them (not the customer id;
+        where two of them claim the same subject, the first listed wins)."""
+        result: dict[str, str] = {}
+        for customer_id in ids:
+            customer = self.by_id.get(customer_id)
+            if customer is None:
+                raise _Problem(404, f"customer with id {customer_id} not found")
+            if customer.key is not None:
+                result.setdefault(customer.key, customer.id)
+            for subject in customer.subject_keys:
+                result.setdefault(subject, customer.id)
+        return result
+
+
 class _Query:
     """Validated query parameters."""
 
@@ -181,4 +281,6 @@ class _Query:
         self.tz_is_utc = True
         self.subjects: list[str] | None = None
         self.group_by: list[str] = []
+        # subject -> customer id when filterCustomerId is given: only these subjects count
+        self.attribution: dict[str, str] | None = None
         self.filters: list[tuple[str, Callable[[str | None], bool]]] = []
