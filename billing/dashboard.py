@@ -18,6 +18,7 @@ from billing.models import (
     Correction,
     CorrectionStatus,
     Customer,
+    CustomerSubject,
     LogStatus,
     Meter,
     MeterEventError,
@@ -180,6 +181,10 @@ def unmapped_usage() -> tuple[list[UnmappedSubject], ReportRun | None]:
     mapped = set(
         Customer.objects.filter(openmeter_subject__in=rows.values("subject")).values_list(
             "openmeter_subject", flat=True
+        )
+    ) | set(
+        CustomerSubject.objects.filter(subject__in=rows.values("subject")).values_list(
+            "subject", flat=True
         )
     )
     prices = PriceBook.load(customer_ids=[])

@@ -150,14 +150,36 @@ class Customer(StripeSynced):
         validators=[validators.stripe_customer_id],
         help_text="Leave blank to create the customer in Stripe; fill to link an existing one.",
     )
+    openmeter_customer_id = models.CharField(
+        "OpenMeter customer",
+        max_length=256,
+        blank=True,
+        help_text="Optional: the id or key of an OpenMeter customer. Its subject keys "
+        "(usageAttribution) are read from OpenMeter and billed to this customer.",
+    )
     active = models.BooleanField(default=True)
 
     class Meta:
         ordering = ["name"]
-        constraints = [unique_when_set("stripe_customer_id")]
+        constraints = [
+            unique_when_set("stripe_customer_id"),
+            unique_when_set("openmeter_customer_id"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.openmeter_subject})"
+
+    def clean(self) -> None:
+        super().clean()
+        held = CustomerSubject.objects.filter(subject=self.openmeter_subject)
+        owner = held.exclude(customer_id=self.pk).select_related("customer").first()
+        if owner is not None:
+            raise ValidationError(
+                {
+                    "openmeter_subject": f"'{self.openmeter_subject}' is a subject of customer "
+                    f"{owner.customer.name}."
+                }
+            )
 
     # Fixed once usage was reported: Stripe bills what was sent to that Stripe customer, and
     # the ledger is keyed by it. Relinking would bill the same usage again to the new one.
@@ -197,6 +219,65 @@ class Customer(StripeSynced):
             "customer and OpenMeter subject cannot change. Create a new customer for the new id "
             "and deactivate this one."
         )
+
+
+class CustomerSubject(models.Model):
+    """One more OpenMeter subject key (an API key, a user, a workspace) whose usage is billed to
+    the customer, beside its own `openmeter_subject`. A subject key is billed to one customer."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="subjects")
+    subject = models.CharField("OpenMeter subject", max_length=255, unique=True)
+    added_at = models.DateTimeField(default=clock.now, editable=False)
+
+    class Meta:
+        ordering = ["subject"]
+        verbose_name = "subject"
+
+    def __str__(self) -> str:
+        return self.subject
+
+    def clean(self) -> None:
+        super().clean()
+        owner = (
+            Customer.objects.filter(openmeter_subject=self.subject)
+            .exclude(pk=self.customer_id)
+            .first()
+        )
+        if owner is not None:
+            raise ValidationError(
+                {"subject": f"'{self.subject}' is the subject of customer {owner.name}."}
+            )
+
+
+class SubjectMove(models.Model):
+    """The audit of one change of which customer a subject's usage is billed to. Never edited."""
+
+    subject = models.CharField("OpenMeter subject", max_length=255, db_index=True)
+    from_customer = models.ForeignKey(
+        Customer, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    to_customer = models.ForeignKey(
+        Customer, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    reason = models.TextField()
+    moved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    moved_at = models.DateTimeField(default=clock.now, editable=False, db_index=True)
+    # The dry run that showed the change first, and the run that re-reported it.
+    preview_run = models.ForeignKey(
+        "ReportRun", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    run = models.ForeignKey(
+        "ReportRun", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-moved_at", "-pk"]
+        permissions = [("move_subjects", "Can move subjects between customers")]
+
+    def __str__(self) -> str:
+        return f"{self.subject}: {self.from_customer or '(none)'} → {self.to_customer or '(none)'}"
 
 
 class Interval(models.TextChoices):
@@ -351,6 +432,8 @@ class ReportRun(models.Model):
     # The selection the run was asked for (empty list: every active one).
     meter_slugs = models.JSONField(default=list, blank=True)
     customer_subjects = models.JSONField(default=list, blank=True)
+    # A preview of a subject move: {subject: customer pk, or None for no customer} as if moved.
+    assumed_subjects = models.JSONField(default=dict, blank=True)
     windows_checked = models.PositiveIntegerField(default=0)
     events_sent = models.PositiveIntegerField(default=0)
     events_unchanged = models.PositiveIntegerField(default=0)

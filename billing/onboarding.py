@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from billing.integrations.stripe_sync import sync_object
 from billing.models import Customer
+from billing.subjects import owner_of
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,7 +26,7 @@ def create_customers(*, subjects: Iterable[str]) -> list[Outcome]:
         if len(subject) > max_length:
             outcomes.append(Outcome(subject=subject, customer=None, message="subject too long"))
             continue
-        if Customer.objects.filter(openmeter_subject=subject).exists():
+        if owner_of(subject) is not None:
             outcomes.append(
                 Outcome(subject=subject, customer=None, message="already has a customer")
             )

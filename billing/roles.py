@@ -5,7 +5,8 @@
 - Finance operator: the viewer's permissions, plus add and change on meters, customers, prices
   and subscriptions ("Sync to Stripe", "Cancel in Stripe", "Move to the current prices" need
   change) and re-reporting (`billing.rereport_usage`, which also starts reconciliations: they
-  mark drifting windows to be sent again). No delete.
+  mark drifting windows to be sent again), and moving subjects between customers
+  (`billing.move_subjects`, which re-reports the windows a move changes). No delete.
 
 `ensure_roles` sets each group to exactly these permissions, however often it runs: after every
 `migrate` (billing.signals) and from `manage.py ensure_roles`. Other combinations belong in
@@ -23,8 +24,9 @@ VIEWER = "Finance viewer"
 OPERATOR = "Finance operator"
 
 VIEWED_APPS = ("billing", "django_q")
-EDITED_MODELS = ("meter", "customer", "pricemapping", "subscription")  # billing models
+EDITED_MODELS = ("meter", "customer", "customersubject", "pricemapping", "subscription")
 REREPORT = ("billing", "rereport_usage")
+MOVE_SUBJECTS = ("billing", "move_subjects")
 
 
 @dataclass
@@ -57,7 +59,7 @@ def role_permissions() -> dict[str, set[tuple[str, str]]]:
         for app_label in VIEWED_APPS
         for model in global_apps.get_app_config(app_label).get_models()
     }
-    operator = viewer | {REREPORT}
+    operator = viewer | {REREPORT, MOVE_SUBJECTS}
     operator |= {
         ("billing", f"{action}_{model}") for model in EDITED_MODELS for action in ("add", "change")
     }

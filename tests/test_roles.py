@@ -207,10 +207,13 @@ def test_migrate_made_both_groups_with_their_permissions():
     assert codes(VIEWER) == views
     edits = {
         ("billing", f"{action}_{model}")
-        for model in ("meter", "customer", "pricemapping", "subscription")
+        for model in ("meter", "customer", "customersubject", "pricemapping", "subscription")
         for action in ("add", "change")
     }
-    assert codes(OPERATOR) == views | edits | {("billing", "rereport_usage")}
+    assert codes(OPERATOR) == views | edits | {
+        ("billing", "rereport_usage"),
+        ("billing", "move_subjects"),
+    }
     assert not any(code.startswith("delete_") for _, code in codes(OPERATOR))
 
 

@@ -1,11 +1,13 @@
 """What finance staff keep and Stripe mirrors: meters, customers, prices and subscriptions."""
 
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import URLPattern, path, reverse
 
 from billing import charts, clock
 from billing.admin.base import (
@@ -17,11 +19,26 @@ from billing.admin.base import (
 )
 from billing.admin.customer_form import CustomerForm
 from billing.admin.forms import MeterForm
-from billing.admin.generic import TabularInline
+from billing.admin.generic import ModelAdmin, TabularInline
+from billing.admin.subjects import (
+    IMPORT_PERMISSIONS,
+    MOVE_PERMISSIONS,
+    CustomerSubjectInline,
+    import_view,
+    move_subject_view,
+)
 from billing.closing.projection import projections
 from billing.integrations import stripe_sync
 from billing.integrations.stripe_errors import describe
-from billing.models import ArchivedPrice, Customer, Meter, PriceMapping, Subscription, SyncStatus
+from billing.models import (
+    ArchivedPrice,
+    Customer,
+    Meter,
+    PriceMapping,
+    Subscription,
+    SyncStatus,
+)
+from billing.openmeter_import import link_customer
 from billing.reporting.selection import Selection, select_customers, select_meters
 from billing.stripe_rejections import rejections
 
@@ -91,10 +108,50 @@ class CustomerAdmin(UsageChartsMixin, RereportActionMixin, StripeSyncedAdmin):
     list_display = ["name", "email", "openmeter_subject", "active", "stripe_status", "stripe_id"]
     list_filter = ["sync_status", "active"]
     search_fields = ["name", "email", "openmeter_subject", Customer.stripe_id_field]
-    actions = ["sync_to_stripe", "rereport_usage"]
+    actions = ["sync_to_stripe", "rereport_usage", "import_from_openmeter"]
+    inlines = [CustomerSubjectInline]
+    change_list_template = "admin/billing/customer/change_list.html"
 
     def rereport_selection(self, queryset: QuerySet[Customer]) -> Selection:
         return select_customers(customers=queryset)
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        info = getattr(form, "openmeter_customer", None)
+        if info is not None:
+            link_customer(customer=form.instance, info=info)
+            self.message_user(
+                request,
+                f"Linked to OpenMeter customer {info.name}: its subject keys "
+                f"({', '.join(info.subject_keys) or 'none yet'}) are billed to this customer "
+                "from the next run.",
+            )
+
+    def get_urls(self) -> list[URLPattern]:
+        def view(func: Callable[[ModelAdmin, HttpRequest], HttpResponse]) -> Any:
+            return self.admin_site.admin_view(lambda request: func(self, request))
+
+        return [
+            path("move-subject/", view(move_subject_view), name="billing_customer_move_subject"),
+            path("import-openmeter/", view(import_view), name="billing_customer_import"),
+            *super().get_urls(),
+        ]
+
+    @admin.action(description="Import customers from OpenMeter…", permissions=["import"])
+    def import_from_openmeter(self, request: HttpRequest, queryset: Any) -> HttpResponse:
+        """The selection does not matter: every OpenMeter customer is read."""
+        return HttpResponseRedirect(reverse("admin:billing_customer_import"))
+
+    def has_import_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perms(IMPORT_PERMISSIONS)
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        extra_context = {
+            **(extra_context or {}),
+            "can_move_subjects": request.user.has_perms(MOVE_PERMISSIONS),
+            "can_import": request.user.has_perms(IMPORT_PERMISSIONS),
+        }
+        return super().changelist_view(request, extra_context)
 
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
@@ -105,6 +162,7 @@ class CustomerAdmin(UsageChartsMixin, RereportActionMixin, StripeSyncedAdmin):
                 **(extra_context or {}),
                 "rejections": rejections(report_log__customer=customer),
                 "projections": projections(customer=customer),
+                "can_move_subjects": request.user.has_perms(MOVE_PERMISSIONS),
             }
         return super().change_view(request, object_id, form_url, extra_context)
 

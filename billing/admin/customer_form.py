@@ -17,6 +17,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from billing.admin.generic import ModelForm
+from billing.integrations.openmeter import CustomerInfo, OpenMeterClient, OpenMeterError
 from billing.integrations.stripe_client import StripeNotConfigured, get_client
 from billing.integrations.stripe_errors import describe
 from billing.integrations.stripe_sync import link_refusal
@@ -39,13 +40,23 @@ class CustomerForm(ModelForm):
 
     class Meta:
         model = Customer
-        fields = ["name", "email", "openmeter_subject", "stripe_customer_id", "active"]
+        fields = [
+            "name",
+            "email",
+            "openmeter_subject",
+            "stripe_customer_id",
+            "openmeter_customer_id",
+            "active",
+        ]
+
+    openmeter_customer: CustomerInfo | None = None  # read when the link is new or changed
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
         saved = self._saved()
         if self._check_identity_lock(cleaned, saved):
             return cleaned
+        self._check_openmeter_customer(cleaned)
         stripe_id = cleaned.get("stripe_customer_id")
         if (
             "stripe_customer_id" in self.fields
@@ -54,6 +65,26 @@ class CustomerForm(ModelForm):
         ):
             self._check_link(cleaned, stripe_id, saved)
         return cleaned
+
+    def _check_openmeter_customer(self, cleaned: dict[str, Any]) -> None:
+        """A new OpenMeter link is read from OpenMeter (by id or key) and kept by its id."""
+        wanted = (cleaned.get("openmeter_customer_id") or "").strip()
+        if not wanted or wanted == self.instance.openmeter_customer_id:
+            return
+        try:
+            with OpenMeterClient.from_settings() as client:
+                info = client.get_customer(wanted)
+        except OpenMeterError as exc:
+            self.add_error("openmeter_customer_id", str(exc))
+            return
+        other = Customer.objects.filter(openmeter_customer_id=info.id).exclude(pk=self.instance.pk)
+        if other.exists():
+            self.add_error(
+                "openmeter_customer_id", f"Customer {other[0].name} is linked to it already."
+            )
+            return
+        cleaned["openmeter_customer_id"] = info.id
+        self.openmeter_customer = info
 
     def _saved(self) -> dict[str, Any]:
         """The identity as stored (empty for a new customer)."""

@@ -20,6 +20,9 @@ def dashboard_context(request: HttpRequest) -> dict[str, Any]:
     return {
         "dashboard": dashboard.build(),
         "can_create_customers": request.user.has_perm(ADD_CUSTOMER),
+        "can_move_subjects": request.user.has_perms(
+            ("billing.move_subjects", "billing.rereport_usage")
+        ),
     }
 
 

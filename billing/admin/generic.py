@@ -10,16 +10,19 @@ from typing import TYPE_CHECKING, Any
 from django import forms
 from django.contrib import admin
 from django.core import paginator
+from django.forms import models as form_models
 
 if TYPE_CHECKING:
     ModelAdmin = admin.ModelAdmin[Any]
+    BaseInlineFormSet = form_models.BaseInlineFormSet[Any, Any, Any]
     TabularInline = admin.TabularInline[Any, Any]
     ModelForm = forms.ModelForm[Any]
     Paginator = paginator.Paginator[Any]
 else:
     ModelAdmin = admin.ModelAdmin
+    BaseInlineFormSet = form_models.BaseInlineFormSet
     TabularInline = admin.TabularInline
     ModelForm = forms.ModelForm
     Paginator = paginator.Paginator
 
-__all__ = ["ModelAdmin", "ModelForm", "Paginator", "TabularInline"]
+__all__ = ["BaseInlineFormSet", "ModelAdmin", "ModelForm", "Paginator", "TabularInline"]

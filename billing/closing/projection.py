@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from billing import clock, windows
+from billing import clock, subjects, windows
 from billing.closing.corrections import held_total
 from billing.formatting import money
 from billing.integrations.openmeter import OpenMeterClient, OpenMeterError
@@ -74,7 +74,7 @@ def _unsent(
                             start=start,
                             end=windows.floor(end, meter.window),
                             window_size=None,
-                            subjects=[customer.openmeter_subject],
+                            subjects=subjects.subjects_of(customer),
                         )
                     ),
                     Decimal(0),

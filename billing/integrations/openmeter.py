@@ -28,6 +28,7 @@ import httpx
 from billing import clock
 
 __all__ = [
+    "CustomerInfo",
     "MeterInfo",
     "OpenMeterClient",
     "OpenMeterError",
@@ -47,6 +48,7 @@ _WINDOW_LENGTH: Final = {
 _MAX_DELAY: Final = 60.0  # seconds: cap on one backoff sleep, Retry-After included
 # Keep each query's URL well below common 8 KiB limits when many subjects are filtered.
 _SUBJECT_PARAMS_BUDGET: Final = 4000
+CUSTOMER_PAGE_SIZE: Final = 100
 _REDACTED: Final = "[redacted]"
 
 
@@ -88,6 +90,17 @@ class MeterInfo:
     aggregation: str
     event_type: str | None
     window_size: str | None
+
+
+@dataclass(frozen=True)
+class CustomerInfo:
+    """An OpenMeter customer: the subject keys of `usageAttribution` are its usage."""
+
+    id: str
+    name: str
+    key: str | None
+    email: str | None
+    subject_keys: tuple[str, ...]
 
 
 class OpenMeterClient:
@@ -179,6 +192,34 @@ class OpenMeterClient:
         if not isinstance(body, list):
             raise self._bad_body(None, "an array of meters")
         return [_meter_info(item, None) for item in body if isinstance(item, dict)]
+
+    def list_customers(self, *, page_size: int = CUSTOMER_PAGE_SIZE) -> Iterator[CustomerInfo]:
+        """Every customer (not the deleted ones), page by page as they are read."""
+        page = 1
+        while True:
+            params = [("page", str(page)), ("pageSize", str(page_size))]
+            body = self._get_json("/api/v1/customers", params, slug=None)
+            items = body.get("items") if isinstance(body, dict) else None
+            if not isinstance(items, list):
+                raise self._bad_body(None, "a CustomerPaginatedResponse with items")
+            for item in items:
+                yield _customer_info(item)
+            total = body.get("totalCount")
+            if not items or not isinstance(total, int) or page * page_size >= total:
+                return
+            page += 1
+
+    def get_customer(self, id_or_key: str) -> CustomerInfo:
+        """The customer with this id or key (OpenMeterNotFound when there is none)."""
+        path = f"/api/v1/customers/{quote(id_or_key, safe='')}"
+        try:
+            return _customer_info(self._get_json(path, (), slug=None))
+        except OpenMeterError as exc:
+            if exc.status == 404:
+                raise OpenMeterNotFound(
+                    f"OpenMeter has no customer with id or key '{id_or_key}'", status=404
+                ) from None
+            raise
 
     def query(
         self,
@@ -377,6 +418,21 @@ def _meter_info(body: Mapping[str, Any], slug: str | None) -> MeterInfo:
         aggregation=aggregation,
         event_type=event_type if isinstance(event_type, str) else None,
         window_size=window_size if isinstance(window_size, str) else None,
+    )
+
+
+def _customer_info(body: Any) -> CustomerInfo:
+    if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+        raise OpenMeterError("OpenMeter: unexpected response, expected a customer with an id")
+    attribution = body.get("usageAttribution") or {}
+    keys = attribution.get("subjectKeys") if isinstance(attribution, dict) else None
+    key, email = body.get("key"), body.get("primaryEmail")
+    return CustomerInfo(
+        id=body["id"],
+        name=str(body.get("name") or body.get("key") or body["id"]),
+        key=key if isinstance(key, str) and key else None,
+        email=email if isinstance(email, str) and email else None,
+        subject_keys=tuple(str(k) for k in keys or () if k),
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from django.db import connection, transaction
 
-from billing import windows
+from billing import subjects, windows
 from billing.closing.corrections import CorrectionCollector
 from billing.integrations.openmeter import OpenMeterClient
 from billing.integrations.summaries import CustomerSummaries
@@ -95,7 +95,8 @@ class MeterComparison:
     def _load_openmeter(
         self, client: OpenMeterClient, position: dict[datetime, int]
     ) -> Iterator[None]:
-        by_subject = {c.openmeter_subject: c.stripe_customer_id for c in self.customers}
+        owners = subjects.owners(self.customers)
+        by_subject = {subject: c.stripe_customer_id for subject, c in owners.items()}
         windows_per_query = max(1, QUERY_ROWS // max(1, len(self.customers)))
         size = len(self.windows)
         values = self._measured

@@ -8,14 +8,14 @@ mean equal windows and an unchanged run ends after a couple of queries. See `Met
 import logging
 from collections import defaultdict, deque
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from django.db.models import Count, Q, Sum
 
-from billing import windows
+from billing import subjects, windows
 from billing.formatting import utc_iso
 from billing.integrations.openmeter import OpenMeterClient, OpenMeterError
 from billing.models import Customer, Meter, ReportedWindow
@@ -28,6 +28,7 @@ OPENMETER_WINDOW = {windows.HOUR: "HOUR", windows.DAY: "DAY"}
 ROWS_PER_QUERY = 50_000  # bounds one OpenMeter answer (and the memory it takes)
 SUBJECT_FILTER_MAX = 100  # above this many subjects, query all and filter here
 STATE_FILTER_MAX = 1000  # above this many customers, read the meter's state and filter here
+ZERO = Decimal(0)
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,17 @@ class MeterPass:
     meter: Meter
     start: datetime
     end: datetime
-    customers: dict[str, Customer]  # by OpenMeter subject
+    customers: dict[str, Customer]  # by OpenMeter subject: a customer may have several
     filtered: bool  # the run was asked for these customers only (no unmapped counting)
     openmeter: OpenMeterClient
     tally: Tally
+    everyone: list[Customer] = field(init=False)
+    subjects_of: dict[int, list[str]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.subjects_of = subjects.grouped(self.customers)
+        unique = {c.pk: c for c in self.customers.values()}
+        self.everyone = list(unique.values())
 
     @property
     def step(self) -> Any:
@@ -110,9 +118,7 @@ class MeterPass:
         """A chosen period: compare every window of every customer."""
         totals = self.range_totals(self.start, self.end, self.query_subjects())
         self.count_unmapped(totals)
-        yield from self.windowed_changes(
-            self.start, self.end, list(self.customers.values()), len(totals)
-        )
+        yield from self.windowed_changes(self.start, self.end, self.everyone, len(totals))
 
     def by_range(self) -> Iterator[Change]:
         """A lookback: the changed windows, found by comparing totals over ranges.
@@ -124,7 +130,7 @@ class MeterPass:
         each compared by totals, so that only ranges with changes are read window by window.
         The cost follows what changed, not customers x windows.
         """
-        everyone = list(self.customers.values())
+        everyone = self.everyone
         newest = max(self.start, self.end - self.step)
         todo = deque([RangeCheck(newest, self.end, everyone, top=True)])
         if self.start < newest:
@@ -140,10 +146,7 @@ class MeterPass:
             if not differing:
                 continue
             if check.high - check.low == self.step:  # one window: a total is its value
-                usage = {
-                    (c.pk, check.low): totals.get(c.openmeter_subject, Decimal(0))
-                    for c in differing
-                }
+                usage = {(c.pk, check.low): self.customer_total(totals, c) for c in differing}
                 yield from self.changes(check.low, check.high, differing, usage)
             elif check.top and len(differing) > SUBJECT_FILTER_MAX:
                 todo.extendleft(
@@ -158,16 +161,19 @@ class MeterPass:
     def subjects_for(self, check: RangeCheck) -> list[str]:
         if check.top:
             return self.query_subjects()
-        if len(check.candidates) <= SUBJECT_FILTER_MAX:
-            return [c.openmeter_subject for c in check.candidates]
-        return []
+        keys = [s for c in check.candidates for s in self.subjects_of[c.pk]]
+        return keys if len(keys) <= SUBJECT_FILTER_MAX else []
+
+    def customer_total(self, totals: Mapping[str, Decimal], customer: Customer) -> Decimal:
+        """The customer's usage: the sum over its subjects (SUM and COUNT add up)."""
+        return sum((totals.get(s, ZERO) for s in self.subjects_of[customer.pk]), ZERO)
 
     def differing(self, check: RangeCheck, totals: dict[str, Decimal]) -> list[Customer]:
         held = self.held_totals(check.low, check.high, check.candidates)
         result: list[Customer] = []
         for customer in check.candidates:
             mine = held.get(customer.pk)
-            if differs(totals.get(customer.openmeter_subject), mine):
+            if differs(self.customer_total(totals, customer), mine):
                 result.append(customer)
             elif mine is not None:
                 self.tally.events_unchanged += mine["nonzero"]
@@ -241,9 +247,9 @@ class MeterPass:
         self, start: datetime, end: datetime, customers: list[Customer], n_subjects: int
     ) -> Iterator[Change]:
         """The changed windows of `customers` in [start, end), from windowed queries in chunks."""
-        by_subject = {c.openmeter_subject: c for c in customers}
-        use_filter = len(customers) <= SUBJECT_FILTER_MAX
-        per_query = len(customers) if use_filter else max(n_subjects, len(customers))
+        by_subject = {s: c for c in customers for s in self.subjects_of[c.pk]}
+        use_filter = len(by_subject) <= SUBJECT_FILTER_MAX
+        per_query = len(by_subject) if use_filter else max(n_subjects, len(by_subject))
         chunk = self.step * max(1, ROWS_PER_QUERY // max(1, per_query))
         bounds = []
         chunk_start = start

@@ -98,6 +98,13 @@ def validate_period(
             )
 
 
+def recent_period(*, now: datetime) -> tuple[datetime, datetime]:
+    """Every closed window Stripe still accepts, on every active meter's boundaries: what a
+    change of subjects re-reports."""
+    window = coarsest_window(list(Meter.objects.filter(active=True)))
+    return windows.oldest_reportable(window, now=now), windows.floor(now, window)
+
+
 def lookback_range(window: str, *, now: datetime) -> tuple[datetime, datetime]:
     return windows.lookback_range(window, now=now, hours=settings.REPORT_LOOKBACK_HOURS)
 

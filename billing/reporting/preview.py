@@ -166,6 +166,8 @@ def confirm(*, preview_run: ReportRun, requested_by: Any, now: datetime | None =
         raise ReportInputError("That preview is not yours to confirm: preview again.")
     if not preview_run.reason.strip():
         raise ReportInputError(f"{REASON_REQUIRED} Preview again with a reason.")
+    if preview_run.assumed_subjects:
+        raise ReportInputError("That preview shows a subject move: confirm it on its own page.")
     if preview_run.status != RunStatus.SUCCEEDED:
         raise ReportInputError(
             "The preview did not complete, so it does not say what would be sent: preview again."

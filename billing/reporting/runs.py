@@ -2,22 +2,36 @@
 lock), finish (status and errors), and closing runs whose worker died."""
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 
-from billing import clock, windows
+from billing import clock, subjects, windows
 from billing.closing.corrections import CorrectionCollector
 from billing.integrations.meter_events import make_sender
 from billing.integrations.openmeter import OpenMeterClient, OpenMeterError
-from billing.models import Customer, Meter, ReportRun, RunMode, RunStatus
+from billing.models import (
+    Customer,
+    CustomerSubject,
+    Meter,
+    ReportRun,
+    RunMode,
+    RunStatus,
+    SubjectMove,
+)
+from billing.openmeter_attribution import Followed, follow_openmeter
 from billing.redaction import redact
 from billing.reporting.detect import MeterPass
 from billing.reporting.locks import meter_lock
-from billing.reporting.periods import ReportInputError, meter_range, plan_coverage
+from billing.reporting.periods import (
+    ReportInputError,
+    meter_range,
+    plan_coverage,
+    recent_period,
+)
 from billing.reporting.recorder import Recorder
 from billing.reporting.tally import Tally
 
@@ -36,6 +50,8 @@ class RunRequest:
     dry_run: bool = False
     requested_by: Any = None
     reason: str = ""  # why it was asked for: required for a re-report from the admin
+    # A dry run that previews subject moves: {subject: customer pk or None} as if saved.
+    assumed_subjects: Mapping[str, int | None] | None = None
 
 
 def start_run(request: RunRequest, *, now: datetime | None = None) -> ReportRun:
@@ -58,6 +74,7 @@ def start_run(request: RunRequest, *, now: datetime | None = None) -> ReportRun:
         dry_run=request.dry_run,
         meter_slugs=[m.openmeter_slug for m in meters] if meters else [],
         customer_subjects=[c.openmeter_subject for c in customers] if customers else [],
+        assumed_subjects=dict(request.assumed_subjects or {}),
     )
 
 
@@ -66,6 +83,8 @@ def execute_run(run: ReportRun) -> ReportRun:
     recorded on the run."""
     tally = Tally()
     try:
+        if not run.dry_run:
+            _follow_openmeter(run, tally)
         meters, customers = _reportable(run, tally)
         with OpenMeterClient.from_settings() as openmeter:
             for meter in meters:
@@ -89,6 +108,47 @@ def execute_run(run: ReportRun) -> ReportRun:
     return run
 
 
+def _follow_openmeter(run: ReportRun, tally: Tally) -> None:
+    """Take up subject moves made in OpenMeter (billing/openmeter_attribution.py): first
+    re-report the customers they touch."""
+    try:
+        with OpenMeterClient.from_settings() as client:
+            followed = follow_openmeter(client=client, now=clock.now())
+    except OpenMeterError as exc:
+        tally.errors.append(f"OpenMeter's customers could not be read: {redact(str(exc))}")
+        return
+    tally.errors.extend(followed.problems)
+    rerun = start_followup_run(followed=followed, trigger=run.trigger, requested_by=None)
+    if rerun is not None:
+        execute_run(rerun)
+        if rerun.status != RunStatus.SUCCEEDED:
+            tally.errors.append(
+                f"Run #{rerun.pk}, re-reporting subjects moved in OpenMeter, failed."
+            )
+
+
+def start_followup_run(*, followed: Followed, trigger: str, requested_by: Any) -> ReportRun | None:
+    """The run (started, not executed) re-reporting the customers whose subjects changed, over
+    every window Stripe still accepts, linked from their SubjectMove rows. None: no change."""
+    usable = [c for c in followed.customers if c.reportable_reason() is None]
+    if not followed.moves or not usable:
+        return None
+    start, end = recent_period(now=clock.now())
+    moved = ", ".join(sorted({m.subject for m in followed.moves}))
+    rerun = start_run(
+        RunRequest(
+            trigger=trigger,
+            start=start,
+            end=end,
+            customers=usable,
+            requested_by=requested_by,
+            reason=f"Subjects of OpenMeter customers changed: {moved}",
+        )
+    )
+    SubjectMove.objects.filter(pk__in=[m.pk for m in followed.moves]).update(run=rerun)
+    return rerun
+
+
 def report_usage(*, now: datetime | None = None, **request: Any) -> ReportRun:
     """start_run + execute_run, for a RunRequest given as keywords: the synchronous path of the
     command and the schedule."""
@@ -110,14 +170,14 @@ def _reportable(run: ReportRun, tally: Tally) -> tuple[list[Meter], dict[str, Cu
             usable_meters.append(meter)
         else:
             tally.errors.append(f"Meter '{meter.openmeter_slug}' skipped: {reason}.")
-    by_subject = {}
+    usable_customers = []
     for customer in customers:
         reason = customer.reportable_reason()
         if reason is None:
-            by_subject[customer.openmeter_subject] = customer
+            usable_customers.append(customer)
         else:
             tally.errors.append(f"Customer '{customer.openmeter_subject}' skipped: {reason}.")
-    return usable_meters, by_subject
+    return usable_meters, subjects.owners(usable_customers, assumed=run.assumed_subjects)
 
 
 def _report_meter(*, run: ReportRun, meter_pass: MeterPass) -> None:
@@ -151,7 +211,7 @@ def _report_meter(*, run: ReportRun, meter_pass: MeterPass) -> None:
 def _compare_and_send(*, run: ReportRun, meter_pass: MeterPass) -> None:
     tally = meter_pass.tally
     n_windows = windows.count(meter_pass.start, meter_pass.end, meter_pass.meter.window)
-    tally.windows_checked += n_windows * len(meter_pass.customers)
+    tally.windows_checked += n_windows * len(meter_pass.everyone)
     recorder = Recorder(run=run, meter=meter_pass.meter, tally=tally)
     # Windows of periods whose invoice is final are not sent (Stripe would bill them nowhere):
     # their changes become corrections, proposed for approval.
@@ -221,6 +281,17 @@ def selected(
         raise ReportInputError(f"Unknown meter(s): {', '.join(missing)}.")
     customers = list(Customer.objects.filter(openmeter_subject__in=subjects)) if subjects else []
     missing = sorted(set(subjects) - {c.openmeter_subject for c in customers})
+    if missing:  # any of a customer's subjects names it
+        held = Customer.objects.filter(subjects__subject__in=missing).distinct()
+        customers += [c for c in held if c not in customers]
+        missing = sorted(
+            set(missing)
+            - set(
+                CustomerSubject.objects.filter(subject__in=missing).values_list(
+                    "subject", flat=True
+                )
+            )
+        )
     if missing:
         raise ReportInputError(f"Unknown customer subject(s): {', '.join(missing)}.")
     return meters, customers

@@ -1,0 +1,118 @@
+"""Following OpenMeter's usage attribution for customers linked to an OpenMeter customer.
+
+A Customer with an `openmeter_customer_id` is billed for the subject keys OpenMeter attributes
+to that OpenMeter customer (`usageAttribution.subjectKeys`). Before each run that sends, they
+are read from OpenMeter and kept as CustomerSubject rows:
+
+- a key no customer has yet is added to the linked customer;
+- a key another *linked* customer has (it moved in OpenMeter) moves to this one.
+
+Each such change is audited (SubjectMove) and the customers it touches are re-reported over the
+windows Stripe still accepts, as a move made here is: usage follows its subject, nothing is
+billed twice. A key held here by a customer that is not linked to OpenMeter, or that is some
+customer's own subject, is left alone (and logged): only `move_subject` moves those. A key that
+OpenMeter no longer attributes to anyone stays where it is.
+"""
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import transaction
+
+from billing.integrations.openmeter import CustomerInfo, OpenMeterClient, OpenMeterNotFound
+from billing.models import Customer, CustomerSubject, SubjectMove
+
+logger = logging.getLogger(__name__)
+
+FEW_LINKED = 20  # up to this many linked customers, read each one; above, list them all
+REASON = "Subject keys of OpenMeter customer {id}"
+
+
+@dataclass(frozen=True)
+class Followed:
+    """What following OpenMeter changed: the audited moves and the customers they touch."""
+
+    moves: list[SubjectMove]
+    customers: list[Customer]
+    problems: list[str]
+
+
+def follow_openmeter(*, client: OpenMeterClient, now: datetime) -> Followed:
+    """Bring linked customers' subjects in line with OpenMeter's attribution (see the module)."""
+    linked = {
+        c.openmeter_customer_id: c for c in Customer.objects.exclude(openmeter_customer_id="")
+    }
+    if not linked:
+        return Followed([], [], [])
+    problems: list[str] = []
+    wanted: dict[str, tuple[Customer, CustomerInfo]] = {}
+    for info in _read(client, linked, problems):
+        customer = linked.get(info.id) or (linked.get(info.key) if info.key else None)
+        if customer is not None:
+            for key in info.subject_keys:
+                wanted[key] = (customer, info)
+    own = dict(
+        Customer.objects.filter(openmeter_subject__in=list(wanted)).values_list(
+            "openmeter_subject", "pk"
+        )
+    )
+    rows = dict(
+        CustomerSubject.objects.filter(subject__in=list(wanted)).values_list(
+            "subject", "customer_id"
+        )
+    )
+    linked_pks = {c.pk for c in linked.values()}
+    by_pk = Customer.objects.in_bulk({*rows.values(), *linked_pks})
+    moves: list[SubjectMove] = []
+    touched: dict[int, Customer] = {}
+    with transaction.atomic():
+        for subject, (customer, info) in wanted.items():
+            holder_pk = own.get(subject, rows.get(subject))
+            if holder_pk == customer.pk:
+                continue
+            if subject in own or (holder_pk is not None and holder_pk not in linked_pks):
+                holder = by_pk.get(holder_pk) if holder_pk is not None else None
+                problems.append(
+                    f"OpenMeter attributes subject '{subject}' to {customer.name}, but it is "
+                    f"billed to {holder.name if holder else 'another customer'} here: "
+                    f"`move_subject {subject} --to {customer.openmeter_subject}` moves it."
+                )
+                continue
+            CustomerSubject.objects.update_or_create(
+                subject=subject, defaults={"customer": customer, "added_at": now}
+            )
+            before = by_pk.get(holder_pk) if holder_pk is not None else None
+            moves.append(
+                SubjectMove.objects.create(
+                    subject=subject,
+                    from_customer=before,
+                    to_customer=customer,
+                    reason=REASON.format(id=info.id),
+                    moved_at=now,
+                )
+            )
+            for touched_customer in (before, customer):
+                if touched_customer is not None:
+                    touched[touched_customer.pk] = touched_customer
+    for problem in problems:
+        logger.warning(problem)
+    return Followed(moves, list(touched.values()), problems)
+
+
+def _read(
+    client: OpenMeterClient, linked: dict[str, Customer], problems: list[str]
+) -> Iterable[CustomerInfo]:
+    if len(linked) > FEW_LINKED:
+        return list(client.list_customers(page_size=1000))
+    found = []
+    for id_or_key, customer in linked.items():
+        try:
+            found.append(client.get_customer(id_or_key))
+        except OpenMeterNotFound:
+            problems.append(
+                f"Customer {customer.name} is linked to OpenMeter customer '{id_or_key}', which "
+                "OpenMeter does not have: its subjects stay as they are."
+            )
+    return found
