@@ -73,6 +73,11 @@ def subject_of(c: int) -> str:
     return f"cust-{c:06d}"
 
 
+def subjects_of(c: int, n: int) -> list[str]:
+    """The customer's subjects with `--subjects-per-customer n`: its own and n - 1 more."""
+    return [subject_of(c)] + [f"{subject_of(c)}-k{j}" for j in range(1, n)]
+
+
 def value_of(c: int, m: int, hour: int) -> int:
     """The usage of customer c in meter m in the hour starting at hour*3600 (never zero)."""
     return 1 + (c * 31 + m * 17 + hour * 7) % 100
@@ -196,9 +201,9 @@ def _fake_command(
         openmeter.add_meter(args, aggregation="SUM")
         return None
     if command == "ingest":
-        customers, meters, hours = args
-        openmeter.ingest_many(_usage(customers, meters, hours))
-        return customers * meters * len(hours)
+        customers, meters, hours, per_customer = args
+        openmeter.ingest_many(_usage(customers, meters, hours, per_customer))
+        return customers * meters * len(hours) * per_customer
     if command == "ingest_rows":  # (meter index, customer index, hour, value)
         openmeter.ingest_many(
             (slug_of(m), subject_of(c), datetime.fromtimestamp(h * HOUR + 1800, UTC), float(v))
@@ -236,16 +241,22 @@ def _om_kind(path: str) -> str:
 
 
 def _usage(
-    customers: int, meters: int, hours: list[int]
+    customers: int, meters: int, hours: list[int], per_customer: int
 ) -> Iterator[tuple[str, str, datetime, float]]:
-    subjects = [subject_of(c) for c in range(customers)]
+    """Each customer's value_of split in whole units over its subjects (the first takes the
+    remainder), so that the customer's total per window stays value_of."""
+    subjects = [subjects_of(c, per_customer) for c in range(customers)]
     offsets = [timedelta(seconds=(c * 37) % HOUR) for c in range(customers)]
     for m in range(meters):
         slug = slug_of(m)
         for hour in hours:
             base = datetime.fromtimestamp(hour * HOUR, UTC)
             for c in range(customers):
-                yield slug, subjects[c], base + offsets[c], float(value_of(c, m, hour))
+                value = value_of(c, m, hour)
+                share = value // per_customer
+                for j, subject in enumerate(subjects[c]):
+                    part = share + (value % per_customer if j == 0 else 0)
+                    yield slug, subject, base + offsets[c], float(part)
 
 
 class FakesError(RuntimeError):
@@ -459,7 +470,7 @@ class Bench:
         """Customers and meters (in both the app and the fakes), `--hours` of usage in OpenMeter
         ending with `hour_a`, and the ledger holding all but the newest `unreported` hours."""
         from billing.integrations.stripe_sync import sync_object
-        from billing.models import Customer, Meter, SyncStatus
+        from billing.models import Customer, CustomerSubject, Meter, SyncStatus
 
         args = self.args
         t0 = time.perf_counter()
@@ -488,8 +499,16 @@ class Bench:
         )
         by_subject = dict(Customer.objects.values_list("openmeter_subject", "pk"))
         self.customer_pks = [by_subject[subject_of(c)] for c in range(args.customers)]
+        CustomerSubject.objects.bulk_create(
+            [
+                CustomerSubject(customer_id=self.customer_pks[c], subject=subject)
+                for c in range(args.customers)
+                for subject in subjects_of(c, args.subjects)[1:]
+            ],
+            batch_size=5000,
+        )
         history = list(range(self.hour_a - args.hours + 1, self.hour_a + 1))
-        n = self.fakes.call("ingest", (args.customers, args.meters, history))
+        n = self.fakes.call("ingest", (args.customers, args.meters, history, args.subjects))
         rows = self._reported(history[: len(history) - unreported])
         self.log(
             f"seeded in {time.perf_counter() - t0:.1f}s: {args.customers} customers, "
@@ -596,7 +615,9 @@ class Bench:
     def scenario_c(self) -> Scenario:
         from django.conf import settings
 
-        self.fakes.call("ingest", (self.args.customers, self.args.meters, [self.hour_c]))
+        self.fakes.call(
+            "ingest", (self.args.customers, self.args.meters, [self.hour_c], self.args.subjects)
+        )
         now = datetime.fromtimestamp((self.hour_c + 1) * HOUR, UTC) + timedelta(minutes=5)
         settings.STRIPE_METER_EVENT_STREAM = True
         try:
@@ -722,6 +743,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--customers", type=int, default=None, help="default 10000 (quick: 1000)")
     parser.add_argument("--meters", type=int, default=3)
+    parser.add_argument(
+        "--subjects", type=int, default=1, help="OpenMeter subjects per customer (usage split)"
+    )
     parser.add_argument("--hours", type=int, default=48, help="lookback and history, in hours")
     parser.add_argument("--rate", type=float, default=500, help="STRIPE_MAX_REQUESTS_PER_SECOND")
     parser.add_argument("--latency-ms", type=float, default=5.0, help="added to every answer")
@@ -758,7 +782,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print(f"machine: {machine()}")
     print(
-        f"sizes: {args.customers:,} customers x {args.meters} meters, {args.hours} h lookback; "
+        f"sizes: {args.customers:,} customers ({args.subjects} subject(s) each) x {args.meters} "
+        f"meters, {args.hours} h lookback; "
         f"rate {args.rate:g}/s (app and fake Stripe), latency {args.latency_ms:g} ms per answer",
         flush=True,
     )
