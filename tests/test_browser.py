@@ -11,9 +11,19 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from billing import reporting
-from billing.models import Customer, Meter, PriceMapping, ReportLog, ReportRun, RunStatus, Trigger
+from billing.models import (
+    Customer,
+    Meter,
+    PriceMapping,
+    ReportLog,
+    ReportRun,
+    RunStatus,
+    SubjectMove,
+    Trigger,
+)
 from tests.browser import ARTIFACTS
 from tests.helpers import Usage, billed
+from tests.subjects import expected, make_companies
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -136,3 +146,42 @@ def test_finance_rereports_usage_end_to_end(live_server, browser_page, fake_stri
     page.goto(f"{base}/admin/billing/customer/{customer.pk}/change/")
     assert page.locator("#usage-charts svg.mb-chart").count() == 1
     page.screenshot(path=str(ARTIFACTS / "customer-usage.png"), full_page=True)
+
+
+def test_finance_moves_a_subject_with_a_preview(
+    live_server, browser_page, fake_stripe, fake_openmeter
+):
+    page = browser_page
+    base = live_server.url
+    get_user_model().objects.create_superuser("finance", "finance@example.com", PASSWORD)
+    meter, customers, owner, usage = make_companies(fake_openmeter, datetime.now(UTC))
+    PriceMapping.objects.create(meter=meter, product_name="API usage", unit_amount_decimal=50)
+    assert reporting.report_usage(trigger=Trigger.COMMAND).status == RunStatus.SUCCEEDED
+    acme, globex, _ = customers
+
+    page.goto(f"{base}/admin/")
+    page.fill("#id_username", "finance")
+    page.fill("#id_password", PASSWORD)
+    page.click('input[type="submit"]')
+    page.wait_for_selector("#site-name")
+    # From the dashboard's unmapped subjects, and from the customer list.
+    assert page.locator("a.mb-add-subject").count() == 1
+    page.goto(f"{base}/admin/billing/customer/")
+    page.click("#move-subject")
+    page.fill("#id_subject", "acme-key2")
+    page.select_option("#id_to_customer", str(globex.pk))
+    page.fill("#id_reason", "Key sold to Globex")
+    page.click("#preview-button")
+    page.wait_for_selector("#preview")
+    page.screenshot(path=str(ARTIFACTS / "move-subject-preview.png"), full_page=True)
+    assert "USD" in page.inner_text("#preview-totals")
+    assert not SubjectMove.objects.exists()
+    page.click("#move-button")
+    page.wait_for_url(re.compile(r".*/admin/billing/subjectmove/(#preview)?$"))
+    page.screenshot(path=str(ARTIFACTS / "subject-moves.png"), full_page=True)
+    assert "Moved acme-key2" in page.inner_text(".messagelist")
+    owner["acme-key2"] = globex
+    assert billed(fake_stripe, meter) == expected(usage, meter, owner)
+    page.goto(f"{base}/admin/billing/customer/{acme.pk}/change/")
+    page.screenshot(path=str(ARTIFACTS / "customer-subjects.png"), full_page=True)
+    assert "acme-key3" in page.inner_text("#subjects-group")
