@@ -19,12 +19,15 @@ from billing import clock, windows
 from billing.example import METER_SLUG, Example, ExampleCustomer, create_example
 from billing.formatting import utc_iso
 from billing.integrations.openmeter import OpenMeterClient
+from billing.models import CustomerSubject
 
 CUSTOMERS = (
     ExampleCustomer(name="Acme Corp", email="billing@acme.example", subject="acme"),
     ExampleCustomer(name="Globex", email="finance@globex.example", subject="globex"),
     ExampleCustomer(name="Initech", email="ap@initech.example", subject="initech"),
 )
+# Acme's usage also arrives per user: one customer billed for several OpenMeter subjects.
+OTHER_SUBJECTS = {"acme": ("acme-alice", "acme-bob")}
 UNMAPPED_SUBJECT = "umbrella-trial"  # usage under a subject no customer has: "unmapped usage"
 EVENT_TYPE = "tokens"  # the emulator's meter `tokens_total` sums `data.tokens` of these events
 BACKFILL_HOURS = 48
@@ -51,7 +54,15 @@ def ensure_example(*, now: datetime | None = None) -> Example:
     check_demo_allowed()
     now = now or clock.now()
     bill_from = windows.floor(now - timedelta(hours=BACKFILL_HOURS), windows.DAY)
-    return create_example(customers=CUSTOMERS, bill_from=bill_from)
+    example = create_example(customers=CUSTOMERS, bill_from=bill_from)
+    for customer in example.customers:
+        for subject in OTHER_SUBJECTS.get(customer.openmeter_subject, ()):
+            CustomerSubject.objects.get_or_create(subject=subject, defaults={"customer": customer})
+    return example
+
+
+def subjects_of(spec: ExampleCustomer) -> tuple[str, ...]:
+    return (spec.subject, *OTHER_SUBJECTS.get(spec.subject, ()))
 
 
 @dataclass(frozen=True)
@@ -86,7 +97,7 @@ def history(*, now: datetime, rng: random.Random) -> Iterator[Event]:
         for spec in CUSTOMERS:
             for _ in range(rng.randint(1, 4)):
                 moment = hour + timedelta(seconds=rng.randrange(3600))
-                yield Event(spec.subject, moment, _tokens(rng, hour.hour))
+                yield Event(rng.choice(subjects_of(spec)), moment, _tokens(rng, hour.hour))
         if h % 6 == 0:
             yield Event(UNMAPPED_SUBJECT, hour + timedelta(minutes=7), rng.randint(50, 300))
 
@@ -97,7 +108,8 @@ def live(*, now: datetime, rng: random.Random) -> list[Event]:
     events = []
     for spec in CUSTOMERS:
         if rng.random() < 0.6:
-            events.append(Event(spec.subject, now, _tokens(rng, now.hour) // 20 + 1))
+            subject = rng.choice(subjects_of(spec))
+            events.append(Event(subject, now, _tokens(rng, now.hour) // 20 + 1))
     if rng.random() < 0.05:
         events.append(Event(UNMAPPED_SUBJECT, now, rng.randint(5, 50)))
     if rng.random() < 0.03:

@@ -1,6 +1,7 @@
 """Demo mode: the seed's example on the local emulators, generated usage, and a first report;
 never against anything but loopback emulators."""
 
+from collections import defaultdict
 from datetime import timedelta
 from decimal import Decimal
 from io import StringIO
@@ -8,7 +9,7 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 
-from billing import demo, windows
+from billing import demo, subjects, windows
 from billing.integrations.openmeter import OpenMeterClient
 from billing.models import Customer, Meter, ReportRun, RunStatus, Subscription, SyncStatus, Trigger
 
@@ -40,8 +41,7 @@ def test_demo_setup_creates_the_example_feeds_usage_and_reports_it(demo_mode, fr
 
     assert "3 customers with subscriptions" in out.getvalue()
     meter = Meter.objects.get(openmeter_slug="tokens_total")
-    subjects = {c.openmeter_subject for c in Customer.objects.all()}
-    assert subjects == {"acme", "globex", "initech"}
+    assert {c.openmeter_subject for c in Customer.objects.all()} == {"acme", "globex", "initech"}
     for obj in [meter, *Customer.objects.all(), *Subscription.objects.all()]:
         assert obj.sync_status == SyncStatus.SYNCED, obj.sync_error
     # the first report ran (django-q2 runs tasks in-process in the tests)
@@ -53,7 +53,13 @@ def test_demo_setup_creates_the_example_feeds_usage_and_reports_it(demo_mode, fr
         (ids[cus], ts): Decimal(v)
         for (cus, ts), v in fake_stripe.billed_windows(meter.stripe_meter_id).items()
     }
-    truth = {k: v for k, v in openmeter_windows(frozen).items() if k[0] in subjects}
+    # Acme is billed for its users' subjects too: each window is the sum over its subjects.
+    owner = {s: c.openmeter_subject for s, c in subjects.owners(Customer.objects.all()).items()}
+    assert owner["acme-alice"] == owner["acme-bob"] == "acme"
+    truth: dict[tuple[str, int], Decimal] = defaultdict(Decimal)
+    for (subject, ts), value in openmeter_windows(frozen).items():
+        if subject in owner:
+            truth[(owner[subject], ts)] += value
     assert billed == truth and len(truth) == 3 * demo.BACKFILL_HOURS
 
 
