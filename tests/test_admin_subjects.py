@@ -172,3 +172,11 @@ def test_unmapped_subjects_link_to_adding_them_to_a_customer(companies, client):
     page = client.get("/admin/")
     assert "stranger" in page.text
     assert f"{MOVE}?subject=stranger" in page.text
+
+
+def test_any_subject_finds_its_customer_and_its_report_log(companies, client):
+    login(client, "view_reportlog")
+    page = client.get("/admin/billing/customer/", {"q": "globex-key3"})
+    assert [c.name for c in page.context["cl"].result_list] == ["Globex-Key1"]
+    logs = client.get("/admin/billing/reportlog/", {"q": "globex-key3"}).context["cl"].result_list
+    assert logs and {log.customer.openmeter_subject for log in logs} == {"globex-key1"}

@@ -107,7 +107,14 @@ class CustomerAdmin(UsageChartsMixin, RereportActionMixin, StripeSyncedAdmin):
     stripe_path = "customers"
     list_display = ["name", "email", "openmeter_subject", "active", "stripe_status", "stripe_id"]
     list_filter = ["sync_status", "active"]
-    search_fields = ["name", "email", "openmeter_subject", Customer.stripe_id_field]
+    search_fields = [
+        "name",
+        "email",
+        "openmeter_subject",
+        "=subjects__subject",
+        "=openmeter_customer_id",
+        Customer.stripe_id_field,
+    ]
     actions = ["sync_to_stripe", "rereport_usage", "import_from_openmeter"]
     inlines = [CustomerSubjectInline]
     change_list_template = "admin/billing/customer/change_list.html"

@@ -179,6 +179,7 @@ class ReportLogAdmin(ReadOnlyAdmin):
         customers = Customer.objects.filter(
             Q(name__icontains=term)
             | Q(openmeter_subject__icontains=term)
+            | Q(subjects__subject=term)
             | Q(email__icontains=term)
             | Q(stripe_customer_id=term)
         ).values_list("pk", flat=True)
