@@ -73,9 +73,14 @@ def plan_move(*, subject: str, to_customer: Customer | None) -> Move:
             continue
         reason = customer.reportable_reason()
         if reason is not None:
+            instead = (
+                "Fix that first."
+                if customer.identity_locked()
+                else "It has no usage in Stripe yet: edit its other subjects on its page instead."
+            )
             raise ReportInputError(
                 f"Customer {customer.name} cannot be re-reported ({reason}), so its windows "
-                "could not follow the move."
+                f"could not follow the move. {instead}"
             )
     return Move(subject=subject, from_customer=current, to_customer=to_customer)
 

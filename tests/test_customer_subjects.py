@@ -9,6 +9,7 @@ from django.core.management import call_command
 
 from billing import reporting
 from billing.models import (
+    Customer,
     CustomerSubject,
     LogStatus,
     ReportLog,
@@ -146,3 +147,10 @@ def test_a_move_preview_cannot_be_confirmed_as_a_plain_re_report(companies, froz
     preview = preview_move(move=move, requested_by=admin_user, reason="r", trigger=Trigger.ADMIN)
     with pytest.raises(reporting.ReportInputError, match="subject move"):
         confirm(preview_run=preview.run, requested_by=admin_user)
+
+
+def test_a_move_to_a_customer_not_in_stripe_says_to_edit_it_on_its_page(companies, frozen):
+    newcomer = Customer.objects.create(name="Newcomer", openmeter_subject="newcomer")
+    with pytest.raises(reporting.ReportInputError, match="edit its other subjects on its page"):
+        plan_move(subject="acme-key2", to_customer=newcomer)
+    assert CustomerSubject.objects.get(subject="acme-key2").customer.name == "Acme-Key1"
