@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from billing.demo import OTHER_SUBJECTS
 from tests.browser import ARTIFACTS
 from tests.helpers import ROOT
 
@@ -151,13 +153,14 @@ def test_serve_runs_the_demo_and_stops_cleanly(serve):
             "groupBy": "subject",
         },
     ).json()
-    measured = {
-        (row["subject"], int(datetime.fromisoformat(row["windowStart"]).timestamp())): Decimal(
-            str(row["value"])
-        )
-        for row in query["data"]
-        if row["subject"] in subject_of.values() and row["value"]
-    }
+    # Each customer is billed for its own subject and its other ones (the demo's Acme users).
+    owner = {subject: subject for subject in subject_of.values()}
+    owner.update({user: customer for customer, users in OTHER_SUBJECTS.items() for user in users})
+    measured: dict[tuple[str, int], Decimal] = defaultdict(Decimal)
+    for row in query["data"]:
+        if row["subject"] in owner and row["value"]:
+            window = int(datetime.fromisoformat(row["windowStart"]).timestamp())
+            measured[(owner[row["subject"]], window)] += Decimal(str(row["value"]))
     assert billed == measured and len(billed) >= 3 * 40
 
     # SIGTERM stops everything: no process left, every port free again.
