@@ -1,8 +1,8 @@
 """Following OpenMeter's usage attribution for customers linked to an OpenMeter customer.
 
 A Customer with an `openmeter_customer_id` is billed for the subject keys OpenMeter attributes
-to that OpenMeter customer (`usageAttribution.subjectKeys`). Before each run that sends, they
-are read from OpenMeter and kept as CustomerSubject rows:
+to that OpenMeter customer (`usageAttribution.subjectKeys`, and its key). Before each run that
+sends, they are read from OpenMeter and kept as CustomerSubject rows:
 
 - a key no customer has yet is added to the linked customer;
 - a key another *linked* customer has (it moved in OpenMeter) moves to this one.
@@ -51,7 +51,8 @@ def follow_openmeter(*, client: OpenMeterClient, now: datetime) -> Followed:
     for info in _read(client, linked, problems):
         customer = linked.get(info.id) or (linked.get(info.key) if info.key else None)
         if customer is not None:
-            for key in info.subject_keys:
+            # OpenMeter also attributes usage whose subject is the customer's key.
+            for key in (info.key, *info.subject_keys) if info.key else info.subject_keys:
                 wanted[key] = (customer, info)
     own = dict(
         Customer.objects.filter(openmeter_subject__in=list(wanted)).values_list(

@@ -73,7 +73,12 @@ def test_import_links_an_existing_customer_and_leaves_a_differently_linked_one_a
     other.refresh_from_db()
     assert existing.openmeter_customer_id == openmeter_customers["acme"]["id"]
     assert other.openmeter_customer_id == "01OTHER"  # not overwritten
-    assert sorted(existing.subjects.values_list("subject", flat=True)) == ["acme-a", "acme-c"]
+    # Its OpenMeter subject keys, and the OpenMeter key (OpenMeter attributes that usage too).
+    assert sorted(existing.subjects.values_list("subject", flat=True)) == [
+        "acme",
+        "acme-a",
+        "acme-c",
+    ]
     assert not other.subjects.exists()
 
 

@@ -2,6 +2,7 @@
 reconciliation's summary readers: one token bucket per process (ratelimit.py), 429s and 5xx
 retried with backoff, and a pool that works a bounded distance ahead of its caller."""
 
+import functools
 import queue
 import random
 import threading
@@ -52,11 +53,16 @@ class StripeCaller:
         self.max_attempts = max_attempts or settings.STRIPE_SEND_MAX_ATTEMPTS
         self.backoff = settings.STRIPE_RETRY_BACKOFF_SECONDS if backoff is None else backoff
         self.concurrency = concurrency or settings.STRIPE_SEND_CONCURRENCY
-        self.client = get_client(max_network_retries=0)  # retries go through the bucket
         self.rate_limit_budget = rate_limit_budget
         self.requests = 0
         self.rate_limited = 0  # 429s answered to this sender (waited out or not)
         self._count_lock = threading.Lock()
+
+    @functools.cached_property
+    def client(self) -> stripe.StripeClient:
+        """Built on first use (the summaries reader never needs one); retries go through the
+        bucket, not stripe-python."""
+        return get_client(max_network_retries=0)
 
     def _call(self, func: Callable[[], T]) -> T:
         """Call Stripe through the bucket, retrying what can be retried. Raises the last error.
