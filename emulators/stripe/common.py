@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -326,3 +327,26 @@ def _aggregate(formula: str, events: list[_Event]) -> Decimal:
     if formula == "last":
         return max(events, key=lambda ev: (ev.ts, ev.seq)).value
     return sum((ev.value for ev in events), Decimal(0))
+
+
+def run_every(
+    owner: Any, attr: str, seconds: float | None, action: Callable[[], object], *, name: str
+) -> None:
+    """Call ``action`` every ``seconds`` on a daemon thread, replacing the one whose stop event
+    ``owner.<attr>`` holds; None or 0 only stops it (as setting that event does)."""
+    with owner._lock:
+        previous = getattr(owner, attr)
+        setattr(owner, attr, None)
+    if previous is not None:
+        previous.set()
+    if not seconds or seconds <= 0:
+        return
+    stopped = threading.Event()
+
+    def run() -> None:
+        while not stopped.wait(seconds):
+            action()
+
+    with owner._lock:
+        setattr(owner, attr, stopped)
+    threading.Thread(target=run, name=name, daemon=True).start()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 
-from .common import ApiError, Json
+from .common import ApiError, Json, run_every
 from .periods import period_holding
 
 
@@ -101,19 +101,9 @@ class _Cycle:
     def run_billing_every(self, seconds: float | None) -> None:
         """Call :meth:`advance_due_subscriptions` and :meth:`finalize_due_invoices` every
         ``seconds`` on a daemon thread; None or 0 stops it, and so does :meth:`stop`."""
-        with self._lock:
-            stop, self._billing_timer = self._billing_timer, None
-        if stop is not None:
-            stop.set()
-        if not seconds or seconds <= 0:
-            return
-        stopped = threading.Event()
 
-        def run() -> None:
-            while not stopped.wait(seconds):
-                self.advance_due_subscriptions()
-                self.finalize_due_invoices()
+        def bill() -> None:
+            self.advance_due_subscriptions()
+            self.finalize_due_invoices()
 
-        with self._lock:
-            self._billing_timer = stopped
-        threading.Thread(target=run, name="fake-stripe-billing", daemon=True).start()
+        run_every(self, "_billing_timer", seconds, bill, name="fake-stripe-billing")

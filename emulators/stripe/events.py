@@ -41,6 +41,7 @@ from .common import (
     _merge_metadata,
     _route,
     rfc3339,
+    run_every,
 )
 
 ERROR_REPORT = "v1.billing.meter.error_report_triggered"
@@ -213,21 +214,13 @@ class _Events:
     def flush_error_reports_every(self, seconds: float | None) -> None:
         """Call :meth:`flush_error_reports` every ``seconds`` on a daemon thread (the CLI's
         ``--error-report-seconds``); None or 0 stops it, and so does :meth:`stop`."""
-        with self._lock:
-            stop, self._report_timer = self._report_timer, None
-        if stop is not None:
-            stop.set()
-        if not seconds or seconds <= 0:
-            return
-        stopped = threading.Event()
-
-        def run() -> None:
-            while not stopped.wait(seconds):
-                self.flush_error_reports()
-
-        with self._lock:
-            self._report_timer = stopped
-        threading.Thread(target=run, name="fake-stripe-error-reports", daemon=True).start()
+        run_every(
+            self,
+            "_report_timer",
+            seconds,
+            self.flush_error_reports,
+            name="fake-stripe-error-reports",
+        )
 
 
 def _report_data(entries: list[Json]) -> Json:

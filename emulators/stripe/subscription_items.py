@@ -114,8 +114,8 @@ class _SubscriptionItems:
 
     # ------------------------------------------------------------------ endpoints
 
-    @_route("GET", "/v1/subscription_items")
-    def _si_list(self, ctx: _Ctx, p: Json, _ev: list[Json]) -> Json:
+    def _subscription_param(self, p: Json) -> Json:
+        """The subscription named by the required ``subscription`` parameter."""
         sub_id = p.get("subscription")
         if not sub_id:
             raise ApiError(
@@ -124,20 +124,16 @@ class _SubscriptionItems:
                 code="parameter_missing",
                 param="subscription",
             )
-        sub = self._get("subscription", sub_id, param="subscription", status=400)
+        return self._get("subscription", sub_id, param="subscription", status=400)
+
+    @_route("GET", "/v1/subscription_items")
+    def _si_list(self, ctx: _Ctx, p: Json, _ev: list[Json]) -> Json:
+        sub = self._subscription_param(p)
         return self._list(ctx, list(sub["items"]["data"]), p, "/v1/subscription_items")
 
     @_route("POST", "/v1/subscription_items")
     def _si_create(self, ctx: _Ctx, p: Json, _ev: list[Json]) -> Json:
-        sub_id = p.get("subscription")
-        if not sub_id:
-            raise ApiError(
-                400,
-                "Missing required param: subscription.",
-                code="parameter_missing",
-                param="subscription",
-            )
-        sub = self._get("subscription", sub_id, param="subscription", status=400)
+        sub = self._subscription_param(p)
         if sub["status"] == "canceled":
             raise ApiError(400, "You cannot add items to a canceled subscription.")
         price = self._item_price(ctx, p, "")
