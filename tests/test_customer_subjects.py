@@ -8,10 +8,12 @@ import pytest
 from django.core.management import call_command
 
 from billing import reporting
+from billing.formatting import money, utc_minute
 from billing.models import (
     Customer,
     CustomerSubject,
     LogStatus,
+    PriceMapping,
     ReportLog,
     RunStatus,
     SubjectMove,
@@ -65,6 +67,7 @@ def test_a_moved_subject_moves_its_usage_shown_first_then_re_reported(
 ):
     meter, customers, owner, usage = companies
     acme, globex, _ = customers
+    PriceMapping.objects.create(meter=meter, product_name="API", unit_amount_decimal=50)
     assert lookback(frozen).status == RunStatus.SUCCEEDED
     before = billed(fake_stripe, meter)
 
@@ -75,6 +78,18 @@ def test_a_moved_subject_moves_its_usage_shown_first_then_re_reported(
     shown = capsys.readouterr().out
     assert "Would move subject 'acme-key2' from Acme-Key1 to Globex-Key1" in shown
     assert "api_calls / Acme-Key1" in shown and "api_calls / Globex-Key1" in shown
+    # Each changed window in money (50 cents a unit): acme-key2's usage leaves Acme for Globex.
+    moved = {
+        start: value
+        for (slug, subject, start), value in usage.expected.items()
+        if subject == "acme-key2" and value
+    }
+    lines = shown.splitlines()
+    for start, value in moved.items():
+        amount = money(minor_units=value * 50, currency="usd")
+        at = [line for line in lines if line.strip().startswith(utc_minute(start))]
+        assert any(f"(-{amount})" in line for line in at), (start, at)
+        assert any(f"(+{amount})" in line for line in at), (start, at)
     assert CustomerSubject.objects.get(subject="acme-key2").customer == acme
     assert billed(fake_stripe, meter) == before
 

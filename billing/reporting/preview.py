@@ -22,12 +22,13 @@ ZERO = Decimal(0)
 REASON_REQUIRED = "Say why this period is reported again: the reason is kept on the run."
 
 
-@dataclass(frozen=True)
+@dataclass
 class WindowChange:
     window_start: datetime
     window_end: datetime
     old: Decimal | None  # None: Stripe holds nothing for this window yet
     new: Decimal
+    value_change: Amounts = field(default_factory=Amounts)  # the difference as money
 
     @property
     def delta(self) -> Decimal:
@@ -141,6 +142,10 @@ def load_preview(*, run: ReportRun) -> Preview:
         row.value_change = prices.value(
             quantity=row.delta, meter_id=meter_id, customer_id=customer_id
         )
+        for change in row.changes:
+            change.value_change = prices.value(
+                quantity=change.delta, meter_id=meter_id, customer_id=customer_id
+            )
         totals[meter_id].value_change += row.value_change
     ordered = sorted(rows.values(), key=lambda r: (r.meter.name, r.customer.name, r.customer.pk))
     return Preview(

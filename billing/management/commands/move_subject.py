@@ -83,6 +83,7 @@ class Command(BaseCommand):
                 old = plain_decimal(change.old) if change.old is not None else "nothing"
                 self.stdout.write(
                     f"    {utc_minute(change.window_start)}: {old} -> {plain_decimal(change.new)}"
+                    f" ({change.value_change.text(signed=True)})"
                 )
         if run.error:
             self.stderr.write(run.error)
