@@ -11,7 +11,7 @@ twice and nothing is dropped. Windows older than Stripe accepts (35 days) are no
 """
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
@@ -21,16 +21,14 @@ from billing.models import (
     Customer,
     CustomerSubject,
     ReportRun,
-    RunStatus,
     SubjectMove,
     Trigger,
 )
 from billing.reporting.periods import ReportInputError, recent_period
-from billing.reporting.preview import Preview, load_preview
+from billing.reporting.preview import Preview, check_current, load_preview
 from billing.reporting.runs import RunRequest, execute_run, start_run
 from billing.subjects import owner_of
 
-PREVIEW_MAX_AGE = timedelta(hours=1)
 REASON_REQUIRED = "Say why the subject moves: the reason is kept in the audit."
 
 
@@ -175,14 +173,7 @@ def _previewed_move(preview_run: ReportRun, *, requested_by: Any, now: datetime)
         raise ReportInputError("That run is not the preview of a subject move: preview again.")
     if preview_run.requested_by_id != getattr(requested_by, "pk", None):
         raise ReportInputError("That preview is not yours to confirm: preview again.")
-    if preview_run.status != RunStatus.SUCCEEDED:
-        raise ReportInputError(
-            "The preview did not complete, so it does not say what would change: preview again."
-        )
-    if now - preview_run.started_at > PREVIEW_MAX_AGE:
-        raise ReportInputError(
-            "The preview is more than an hour old and usage may have changed: preview again."
-        )
+    check_current(preview_run, now=now)
     if SubjectMove.objects.filter(preview_run=preview_run).exists():
         raise ReportInputError("This move was already made.")
     ((subject, to_pk),) = assumed.items()

@@ -173,14 +173,7 @@ def confirm(*, preview_run: ReportRun, requested_by: Any, now: datetime | None =
         raise ReportInputError(f"{REASON_REQUIRED} Preview again with a reason.")
     if preview_run.assumed_subjects:
         raise ReportInputError("That preview shows a subject move: confirm it on its own page.")
-    if preview_run.status != RunStatus.SUCCEEDED:
-        raise ReportInputError(
-            "The preview did not complete, so it does not say what would be sent: preview again."
-        )
-    if now - preview_run.started_at > PREVIEW_MAX_AGE:
-        raise ReportInputError(
-            "The preview is more than an hour old and usage may have changed: preview again."
-        )
+    check_current(preview_run, now=now)
     started = _started_from(preview_run)
     if started is not None:  # "Report" pressed twice: one run is enough
         return started
@@ -199,6 +192,19 @@ def confirm(*, preview_run: ReportRun, requested_by: Any, now: datetime | None =
     run = start_run(request, now=now)
     enqueue(run)
     return run
+
+
+def check_current(preview_run: ReportRun, *, now: datetime) -> None:
+    """Refuse a preview that does not say what a run would do now: one that did not complete,
+    or is more than PREVIEW_MAX_AGE old. Raises ReportInputError."""
+    if preview_run.status != RunStatus.SUCCEEDED:
+        raise ReportInputError(
+            "The preview did not complete, so it does not say what would change: preview again."
+        )
+    if now - preview_run.started_at > PREVIEW_MAX_AGE:
+        raise ReportInputError(
+            "The preview is more than an hour old and usage may have changed: preview again."
+        )
 
 
 def _started_from(preview_run: ReportRun) -> ReportRun | None:
