@@ -26,7 +26,9 @@ logger = logging.getLogger(__name__)
 
 OPENMETER_WINDOW = {windows.HOUR: "HOUR", windows.DAY: "DAY"}
 ROWS_PER_QUERY = 50_000  # bounds one OpenMeter answer (and the memory it takes)
-SUBJECT_FILTER_MAX = 100  # above this many subjects, query all and filter here
+# Up to this many subjects, queries name them (split into a few requests by URL length): far
+# fewer rows than every subject's answer. Above, query all and filter here.
+SUBJECT_FILTER_MAX = 1000
 STATE_FILTER_MAX = 1000  # above this many customers, read the meter's state and filter here
 ZERO = Decimal(0)
 
