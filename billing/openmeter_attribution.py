@@ -27,6 +27,7 @@ from billing.models import Customer, CustomerSubject, SubjectMove
 logger = logging.getLogger(__name__)
 
 FEW_LINKED = 20  # up to this many linked customers, read each one; above, list them all
+BATCH = 500  # rows per bulk write or `__in` list (SQLite limits a query's parameters)
 REASON = "Subject keys of OpenMeter customer {id}"
 
 
@@ -54,49 +55,57 @@ def follow_openmeter(*, client: OpenMeterClient, now: datetime) -> Followed:
             # OpenMeter also attributes usage whose subject is the customer's key.
             for key in (info.key, *info.subject_keys) if info.key else info.subject_keys:
                 wanted[key] = (customer, info)
-    own = dict(
-        Customer.objects.filter(openmeter_subject__in=list(wanted)).values_list(
-            "openmeter_subject", "pk"
-        )
-    )
-    rows = dict(
-        CustomerSubject.objects.filter(subject__in=list(wanted)).values_list(
-            "subject", "customer_id"
-        )
-    )
+    # Read whole, not with `__in`: a first import can want tens of thousands of keys.
+    own = {
+        s: pk for s, pk in Customer.objects.values_list("openmeter_subject", "pk") if s in wanted
+    }
+    rows = {
+        s: pk
+        for s, pk in CustomerSubject.objects.values_list("subject", "customer_id")
+        if s in wanted
+    }
     linked_pks = {c.pk for c in linked.values()}
-    by_pk = Customer.objects.in_bulk({*rows.values(), *linked_pks})
+    by_pk = {c.pk: c for c in linked.values()}
+    new_rows: list[CustomerSubject] = []
+    moved: dict[int, list[str]] = {}  # customer pk -> subjects it takes from another
     moves: list[SubjectMove] = []
     touched: dict[int, Customer] = {}
+    for subject, (customer, info) in wanted.items():
+        holder_pk = own.get(subject, rows.get(subject))
+        if holder_pk == customer.pk:
+            continue
+        if subject in own or (holder_pk is not None and holder_pk not in linked_pks):
+            problems.append(
+                f"OpenMeter attributes subject '{subject}' to {customer.name}, but it is billed "
+                f"to another customer here: `move_subject {subject} --to "
+                f"{customer.openmeter_subject}` moves it."
+            )
+            continue
+        before = by_pk[holder_pk] if holder_pk is not None else None
+        if before is None:
+            new_rows.append(CustomerSubject(customer=customer, subject=subject, added_at=now))
+        else:
+            moved.setdefault(customer.pk, []).append(subject)
+        moves.append(
+            SubjectMove(
+                subject=subject,
+                from_customer=before,
+                to_customer=customer,
+                reason=REASON.format(id=info.id),
+                moved_at=now,
+            )
+        )
+        for touched_customer in (before, customer):
+            if touched_customer is not None:
+                touched[touched_customer.pk] = touched_customer
     with transaction.atomic():
-        for subject, (customer, info) in wanted.items():
-            holder_pk = own.get(subject, rows.get(subject))
-            if holder_pk == customer.pk:
-                continue
-            if subject in own or (holder_pk is not None and holder_pk not in linked_pks):
-                holder = by_pk.get(holder_pk) if holder_pk is not None else None
-                problems.append(
-                    f"OpenMeter attributes subject '{subject}' to {customer.name}, but it is "
-                    f"billed to {holder.name if holder else 'another customer'} here: "
-                    f"`move_subject {subject} --to {customer.openmeter_subject}` moves it."
+        CustomerSubject.objects.bulk_create(new_rows, batch_size=BATCH)
+        for customer_pk, subjects in moved.items():
+            for i in range(0, len(subjects), BATCH):
+                CustomerSubject.objects.filter(subject__in=subjects[i : i + BATCH]).update(
+                    customer_id=customer_pk, added_at=now
                 )
-                continue
-            CustomerSubject.objects.update_or_create(
-                subject=subject, defaults={"customer": customer, "added_at": now}
-            )
-            before = by_pk.get(holder_pk) if holder_pk is not None else None
-            moves.append(
-                SubjectMove.objects.create(
-                    subject=subject,
-                    from_customer=before,
-                    to_customer=customer,
-                    reason=REASON.format(id=info.id),
-                    moved_at=now,
-                )
-            )
-            for touched_customer in (before, customer):
-                if touched_customer is not None:
-                    touched[touched_customer.pk] = touched_customer
+        moves = SubjectMove.objects.bulk_create(moves, batch_size=BATCH)
     for problem in problems:
         logger.warning(problem)
     return Followed(moves, list(touched.values()), problems)

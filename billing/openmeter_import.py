@@ -80,9 +80,10 @@ def import_customers(
     not executed: the caller runs or queues it."""
     now = now or clock.now()
     result = ImportResult()
+    index = _Index.load()
     with OpenMeterClient.from_settings() as client:
         for info in client.list_customers():
-            outcome = _import_one(info, dry_run=dry_run)
+            outcome = _import_one(info, index, dry_run=dry_run)
             result.outcomes.append(outcome)
             if progress is not None:
                 progress(outcome)
@@ -101,15 +102,37 @@ def link_customer(*, customer: Customer, info: CustomerInfo) -> None:
     customer.openmeter_customer_id = info.id
 
 
-def _import_one(info: CustomerInfo, *, dry_run: bool) -> Outcome:
+@dataclass
+class _Index:
+    """Who is linked and who holds which subject: read once per import (not per OpenMeter
+    customer), and kept current as the import creates and links."""
+
+    linked: dict[str, Customer]  # OpenMeter customer id (or key) -> its Customer
+    holders: dict[str, Customer]  # subject -> the customer it is billed to
+
+    @classmethod
+    def load(cls) -> "_Index":
+        customers = {c.pk: c for c in Customer.objects.all()}
+        holders = {c.openmeter_subject: c for c in customers.values()}
+        for subject, pk in CustomerSubject.objects.values_list("subject", "customer_id"):
+            holders[subject] = customers[pk]
+        linked = {c.openmeter_customer_id: c for c in customers.values() if c.openmeter_customer_id}
+        return cls(linked, holders)
+
+    def linked_to(self, info: CustomerInfo) -> Customer | None:
+        found = self.linked.get(info.id)
+        return found if found is not None or not info.key else self.linked.get(info.key)
+
+
+def _import_one(info: CustomerInfo, index: _Index, *, dry_run: bool) -> Outcome:
     outcome = Outcome(openmeter_id=info.id, name=info.name, action=UNCHANGED)
     keys = [info.key, *info.subject_keys] if info.key else list(info.subject_keys)
-    holders = _holders(keys)
-    linked = Customer.objects.filter(openmeter_customer_id__in=_identifiers(info)).first()
+    holders = {key: index.holders[key] for key in keys if key in index.holders}
+    linked = index.linked_to(info)
     if linked is None:
         candidates = {c.pk: c for c in holders.values()}
         if not candidates:
-            return _create(info, outcome, dry_run=dry_run)
+            return _create(info, outcome, index, dry_run=dry_run)
         if len(candidates) > 1:
             names = ", ".join(sorted(c.name for c in candidates.values()))
             outcome.action = LEFT_ALONE
@@ -125,6 +148,7 @@ def _import_one(info: CustomerInfo, *, dry_run: bool) -> Outcome:
         outcome.action = LINKED
         if not dry_run:
             link_customer(customer=linked, info=info)
+            index.linked[info.id] = linked
     outcome.customer = linked
     gains, kept = [], []
     for subject in info.subject_keys:
@@ -143,21 +167,7 @@ def _import_one(info: CustomerInfo, *, dry_run: bool) -> Outcome:
     return outcome
 
 
-def _identifiers(info: CustomerInfo) -> list[str]:
-    return [info.id, info.key] if info.key else [info.id]
-
-
-def _holders(subjects: list[str]) -> dict[str, Customer]:
-    """Subject -> the customer it is billed to, for those that have one."""
-    result = {
-        c.openmeter_subject: c for c in Customer.objects.filter(openmeter_subject__in=subjects)
-    }
-    rows = CustomerSubject.objects.filter(subject__in=subjects).select_related("customer")
-    result.update({row.subject: row.customer for row in rows})
-    return result
-
-
-def _create(info: CustomerInfo, outcome: Outcome, *, dry_run: bool) -> Outcome:
+def _create(info: CustomerInfo, outcome: Outcome, index: _Index, *, dry_run: bool) -> Outcome:
     own = info.key or (info.subject_keys[0] if info.subject_keys else info.id)
     outcome.action = CREATED
     outcome.detail = f"subjects {', '.join(dict.fromkeys([own, *info.subject_keys]))}"
@@ -169,7 +179,7 @@ def _create(info: CustomerInfo, outcome: Outcome, *, dry_run: bool) -> Outcome:
         openmeter_subject=own,
         openmeter_customer_id=info.id,
     )
-    outcome.customer = customer
+    outcome.customer = index.linked[info.id] = index.holders[own] = customer
     synced = sync_object(customer)
     if not synced:
         outcome.detail += f"; not in Stripe yet: {synced.error}"

@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.core.management import call_command
 
-from billing import reporting
+from billing import openmeter_attribution, reporting
 from billing.integrations.stripe_sync import sync_object
 from billing.models import Customer, CustomerSubject, RunStatus, SubjectMove, Trigger
 from tests.helpers import Usage, billed, hours_ago, synced_meter
@@ -160,3 +160,19 @@ def test_a_customer_linked_by_key_is_billed_for_its_openmeter_subjects(
     assert billed(fake_stripe, meter) == {
         (customer.stripe_customer_id, int(hours_ago(frozen, 2).timestamp())): Decimal(9)
     }
+
+
+def test_many_linked_customers_are_read_from_the_paginated_list(
+    openmeter_customers, fake_openmeter, fake_stripe, monkeypatch
+):
+    monkeypatch.setattr(openmeter_attribution, "FEW_LINKED", 0)
+    call_command("import_openmeter_customers")
+    assert owners()["acme-c"].openmeter_subject == "acme"
+    fake_openmeter.set_subject_keys("acme", ["acme-a", "acme-b"])
+    fake_openmeter.set_subject_keys("globex", ["globex-a", "globex-b", "acme-c"])
+    lists_before = fake_openmeter.count("/api/v1/customers")
+    call_command("import_openmeter_customers")
+    assert owners()["acme-c"].openmeter_subject == "globex"
+    # One list for the import, one for following OpenMeter's attribution: no GET per customer.
+    assert fake_openmeter.count("/api/v1/customers") - lists_before == 2
+    assert SubjectMove.objects.filter(subject="acme-c", from_customer__isnull=False).count() == 1

@@ -10,6 +10,7 @@ from django.urls import URLPattern, path, reverse
 from django.views.decorators.http import require_POST
 
 from billing import dashboard
+from billing.admin.subjects import MOVE_PERMISSIONS
 from billing.models import Customer
 from billing.onboarding import create_customers
 
@@ -20,9 +21,7 @@ def dashboard_context(request: HttpRequest) -> dict[str, Any]:
     return {
         "dashboard": dashboard.build(),
         "can_create_customers": request.user.has_perm(ADD_CUSTOMER),
-        "can_move_subjects": request.user.has_perms(
-            ("billing.move_subjects", "billing.rereport_usage")
-        ),
+        "can_move_subjects": request.user.has_perms(MOVE_PERMISSIONS),
     }
 
 

@@ -37,6 +37,8 @@ from billing.reporting.tally import Tally
 
 logger = logging.getLogger(__name__)
 
+MOVED_SHOWN = 20  # subjects named in the reason of a run re-reporting moves
+
 
 @dataclass(frozen=True, kw_only=True)
 class RunRequest:
@@ -78,12 +80,13 @@ def start_run(request: RunRequest, *, now: datetime | None = None) -> ReportRun:
     )
 
 
-def execute_run(run: ReportRun) -> ReportRun:
+def execute_run(run: ReportRun, *, follow: bool = True) -> ReportRun:
     """Report what the run covers. Never raises for a Stripe or OpenMeter failure: it is
-    recorded on the run."""
+    recorded on the run. A run that sends first takes up subject moves made in OpenMeter,
+    unless `follow` is False (its caller has just done so)."""
     tally = Tally()
     try:
-        if not run.dry_run:
+        if follow and not run.dry_run:
             _follow_openmeter(run, tally)
         meters, customers = _reportable(run, tally)
         with OpenMeterClient.from_settings() as openmeter:
@@ -120,7 +123,7 @@ def _follow_openmeter(run: ReportRun, tally: Tally) -> None:
     tally.errors.extend(followed.problems)
     rerun = start_followup_run(followed=followed, trigger=run.trigger, requested_by=None)
     if rerun is not None:
-        execute_run(rerun)
+        execute_run(rerun, follow=False)
         if rerun.status != RunStatus.SUCCEEDED:
             tally.errors.append(
                 f"Run #{rerun.pk}, re-reporting subjects moved in OpenMeter, failed."
@@ -134,7 +137,10 @@ def start_followup_run(*, followed: Followed, trigger: str, requested_by: Any) -
     if not followed.moves or not usable:
         return None
     start, end = recent_period(now=clock.now())
-    moved = ", ".join(sorted({m.subject for m in followed.moves}))
+    subjects = sorted({m.subject for m in followed.moves})
+    moved = ", ".join(subjects[:MOVED_SHOWN])
+    if len(subjects) > MOVED_SHOWN:
+        moved += f" and {len(subjects) - MOVED_SHOWN} more"
     rerun = start_run(
         RunRequest(
             trigger=trigger,
@@ -145,7 +151,9 @@ def start_followup_run(*, followed: Followed, trigger: str, requested_by: Any) -
             reason=f"Subjects of OpenMeter customers changed: {moved}",
         )
     )
-    SubjectMove.objects.filter(pk__in=[m.pk for m in followed.moves]).update(run=rerun)
+    pks = [m.pk for m in followed.moves]
+    for i in range(0, len(pks), 500):  # SQLite limits a query's parameters
+        SubjectMove.objects.filter(pk__in=pks[i : i + 500]).update(run=rerun)
     return rerun
 
 

@@ -40,7 +40,7 @@ class Command(BaseCommand):
         for problem in result.problems:
             self.stderr.write(problem)
         if result.run is not None:
-            run = execute_run(result.run)
+            run = execute_run(result.run, follow=False)  # the import has just followed
             self.stdout.write(
                 f"Re-reported the customers that gained subjects: run #{run.pk} {run.status}, "
                 f"{run.events_sent} sent, {run.events_unchanged} unchanged."
