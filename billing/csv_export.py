@@ -32,6 +32,7 @@ COLUMNS = [
     ("stripe_customer_id", "customer__stripe_customer_id"),
     ("window_start_utc", "window_start"),
     ("window_end_utc", "window_end"),
+    ("billing_period_from_utc", "period_start"),
     ("previous_value", "previous_quantity"),
     ("value", "quantity"),
     ("status", "status"),

@@ -12,7 +12,7 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 
-from billing import clock, validators, windows
+from billing import aggregations, clock, validators, windows
 
 
 class SyncStatus(models.TextChoices):
@@ -65,10 +65,6 @@ def unique_when_set(field: str) -> models.UniqueConstraint:
     )
 
 
-# OpenMeter aggregations whose per-window values add up to the period's value.
-BILLABLE_AGGREGATIONS = frozenset({"SUM", "COUNT"})
-
-
 class Window(models.TextChoices):
     HOUR = windows.HOUR, "Hourly"
     DAY = windows.DAY, "Daily"
@@ -78,7 +74,13 @@ class Meter(StripeSynced):
     stripe_id_field = "stripe_meter_id"
     name = models.CharField(max_length=250, help_text="Shown in Stripe as the meter's name.")
     openmeter_slug = models.CharField(
-        "OpenMeter slug", max_length=100, unique=True, validators=[validators.openmeter_slug]
+        "OpenMeter slug",
+        max_length=100,
+        unique=True,
+        validators=[validators.openmeter_slug],
+        help_text="SUM and COUNT meters bill the period's total. UNIQUE_COUNT, MAX, MIN, LATEST "
+        "and AVG meters bill the aggregate from the start of each customer's billing period "
+        "(for UNIQUE_COUNT: the period's unique count).",
     )
     event_name = models.CharField(
         max_length=100,
@@ -124,13 +126,13 @@ class Meter(StripeSynced):
     @staticmethod
     def aggregation_problem(aggregation: str) -> str | None:
         """Why an OpenMeter meter with this aggregation cannot be billed, or None if it can."""
-        if aggregation.upper() in BILLABLE_AGGREGATIONS:
-            return None
-        return (
-            f"OpenMeter aggregates it with {aggregation.upper()}. Only SUM and COUNT meters can "
-            f"be billed per window: the per-window values of a meter that aggregates with "
-            f"{aggregation.upper()} cannot be added up over a billing period."
-        )
+        return aggregations.problem(aggregation)
+
+    @property
+    def period_to_date(self) -> bool:
+        """Whether each window carries the value from the customer's period start (see
+        billing.aggregations): UNIQUE_COUNT, MAX, MIN, LATEST and AVG meters."""
+        return aggregations.is_period_to_date(self.openmeter_aggregation)
 
 
 class Customer(StripeSynced):
@@ -475,6 +477,9 @@ class ReportLog(models.Model):
     window_end = models.DateTimeField()
     quantity = models.DecimalField(max_digits=32, decimal_places=12)
     previous_quantity = models.DecimalField(null=True, blank=True, max_digits=32, decimal_places=12)
+    # Period-to-date meters (UNIQUE_COUNT, MAX...): the start of the billing period the quantity
+    # is counted from (its first window). Empty for SUM and COUNT meters.
+    period_start = models.DateTimeField("billing period from", null=True, blank=True)
     identifier = models.CharField(max_length=100, db_index=True)
     status = models.CharField(max_length=10, choices=LogStatus.choices, db_index=True)
     stripe_request_id = models.CharField(max_length=100, blank=True, db_index=True)

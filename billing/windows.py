@@ -20,6 +20,16 @@ def floor(moment: datetime, window: str) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
+def ceil(moment: datetime, window: str) -> datetime:
+    """The first window boundary at or after `moment`."""
+    start = floor(moment, window)
+    return start if start == moment.astimezone(UTC) else start + length(window)
+
+
+def month_start(moment: datetime) -> datetime:
+    return floor(moment, DAY).replace(day=1)
+
+
 def is_aligned(moment: datetime, window: str) -> bool:
     return floor(moment, window) == moment.astimezone(UTC)
 

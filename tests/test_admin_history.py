@@ -138,7 +138,7 @@ def test_run_page_shows_errors(fake_stripe, fake_openmeter, now, admin_client, f
     )
     page = admin_client.get(f"{RUNS}{run.pk}/change/").content.decode()
     assert "Failed" in page and "errornote" in page
-    assert "OpenMeter aggregates it with MAX" in page
+    assert "OpenMeter now aggregates it with MAX, but its Stripe meter bills with" in page
 
 
 def test_progress_needs_the_view_permission(reported, client, django_user_model):

@@ -245,7 +245,7 @@ def test_unsynced_and_non_additive_meters_are_refused_with_reason(
     result = run(now)
     assert result.status == RunStatus.PARTIAL
     assert "'unsynced' skipped: it is not in Stripe yet" in result.error
-    assert "'peak' skipped: OpenMeter aggregates it with MAX" in result.error
+    assert "'peak' skipped: OpenMeter now aggregates it with MAX" in result.error
     assert result.events_sent > 0
 
 

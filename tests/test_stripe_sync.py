@@ -101,16 +101,12 @@ def test_deactivating_and_reactivating_a_meter(staff, fake_stripe, fake_openmete
     assert fake_stripe.objects["billing.meter"][meter.stripe_meter_id]["status"] == "active"
 
 
-def test_meter_form_refuses_unknown_slug_and_non_additive_meters(
-    staff, fake_stripe, fake_openmeter
-):
+def test_meter_form_refuses_unknown_and_bad_slugs(staff, fake_stripe, fake_openmeter):
     response = staff.post(
         "/admin/billing/meter/add/",
         {"name": "X", "openmeter_slug": "nope", "window": "hour", "active": "on"},
     )
     assert "OpenMeter has no meter with the slug &#x27;nope&#x27;" in response.content.decode()
-    response = add_meter(staff, fake_openmeter, slug="peak_users", aggregation="MAX")
-    assert "aggregates with MAX" in response.content.decode()
     response = staff.post(
         "/admin/billing/meter/add/",
         {"name": "X", "openmeter_slug": "Bad Slug", "window": "hour", "active": "on"},
@@ -118,6 +114,47 @@ def test_meter_form_refuses_unknown_slug_and_non_additive_meters(
     assert "lowercase letters and digits" in response.content.decode()
     assert not Meter.objects.exists()
     assert not fake_stripe.objects["billing.meter"]
+
+
+@pytest.mark.parametrize(
+    ("aggregation", "billed"), [("UNIQUE_COUNT", "unique count"), ("MAX", "maximum")]
+)
+def test_a_period_to_date_meter_gets_a_last_meter_and_says_what_it_bills(
+    staff, fake_stripe, fake_openmeter, aggregation, billed
+):
+    add_meter(staff, fake_openmeter, slug="active_users", aggregation=aggregation)
+    meter = Meter.objects.get()
+    assert meter.sync_status == SyncStatus.SYNCED, meter.sync_error
+    assert meter.openmeter_aggregation == aggregation and meter.period_to_date
+    remote = fake_stripe.objects["billing.meter"][meter.stripe_meter_id]
+    assert remote["default_aggregation"]["formula"] == "last"
+    page = staff.get(f"/admin/billing/meter/{meter.pk}/change/").content.decode()
+    assert f"The period&#x27;s {billed}, from the start of each customer&#x27;s billing" in page
+    assert "Stripe meter formula: last" in page
+
+
+def test_an_aggregation_that_needs_another_stripe_formula_is_refused(
+    staff, fake_stripe, fake_openmeter
+):
+    add_meter(staff, fake_openmeter, slug="seats")
+    meter = Meter.objects.get()
+    fake_openmeter.add_meter("seats", aggregation="MAX")  # changed in OpenMeter since
+    response = staff.post(
+        f"/admin/billing/meter/{meter.pk}/change/",
+        {"name": "Seats", "openmeter_slug": "seats", "active": "on"},
+    )
+    assert "bills with formula &#x27;sum&#x27;, which Stripe cannot change" in (
+        response.content.decode()
+    )
+    meter.refresh_from_db()
+    assert meter.openmeter_aggregation == "SUM" and meter.name == "API calls"
+    remote = fake_stripe.objects["billing.meter"][meter.stripe_meter_id]
+    assert remote["default_aggregation"]["formula"] == "sum"
+    # A sync of a meter whose Stripe formula is not the one its aggregation needs is refused.
+    Meter.objects.filter(pk=meter.pk).update(openmeter_aggregation="MAX")
+    meter.refresh_from_db()
+    assert not stripe_sync.sync_object(meter)
+    assert "Stripe cannot change a meter's formula" in meter.sync_error
 
 
 def test_customer_created_or_linked(staff, fake_stripe):

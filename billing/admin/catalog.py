@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import URLPattern, path, reverse
 
-from billing import charts, clock
+from billing import aggregations, charts, clock
 from billing.admin.base import (
     BillingAdmin,
     GuardedDeleteAdmin,
@@ -90,11 +90,19 @@ class MeterAdmin(UsageChartsMixin, RereportActionMixin, ReconcileActionMixin, St
     def rereport_selection(self, queryset: QuerySet[Meter]) -> Selection:
         return select_meters(meters=queryset)
 
+    @admin.display(description="What Stripe bills")
+    def billed(self, obj: Meter) -> str:
+        if not obj.openmeter_aggregation:
+            return "Known once the OpenMeter meter is read (on save)."
+        text = aggregations.billed_text(obj.openmeter_aggregation)
+        formula = aggregations.stripe_formula(obj.openmeter_aggregation)
+        return f"{text[0].upper()}{text[1:]}. Stripe meter formula: {formula}."
+
     def usage_series(self, obj: Meter) -> list[charts.DailyUsage]:
         return [charts.meter_usage(meter=obj, today=clock.now().date())]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Meter | None = None) -> list[str]:
-        fields = [Meter.stripe_id_field, "openmeter_aggregation", *self.sync_readonly]
+        fields = [Meter.stripe_id_field, "openmeter_aggregation", "billed", *self.sync_readonly]
         if obj is not None and obj.stripe_id:
             # Stripe cannot change these once the meter exists.
             fields += ["event_name", "window"]

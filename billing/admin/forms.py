@@ -8,6 +8,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from billing import aggregations
 from billing.admin.generic import ModelForm
 from billing.formatting import utc_minute
 from billing.integrations.openmeter import OpenMeterClient, OpenMeterError, OpenMeterNotFound
@@ -55,6 +56,17 @@ class MeterForm(WarningModelForm):
         problem = Meter.aggregation_problem(info.aggregation)
         if problem:
             raise ValidationError({"openmeter_slug": problem})
+        if self.instance.stripe_meter_id:
+            billed = aggregations.stripe_formula(self.instance.openmeter_aggregation)
+            if aggregations.stripe_formula(info.aggregation) != billed:
+                raise ValidationError(
+                    {
+                        "openmeter_slug": f"OpenMeter aggregates '{slug}' with "
+                        f"{info.aggregation.upper()}, but this meter's Stripe meter bills with "
+                        f"formula '{billed}', which Stripe cannot change. Create a new meter "
+                        "for it."
+                    }
+                )
         self.instance.openmeter_aggregation = info.aggregation.upper()
 
 

@@ -75,6 +75,7 @@ class ReportLogAdmin(ReadOnlyAdmin):
         "customer_link",
         "window_start",
         "window_end",
+        "period_start",
         "previous_quantity",
         "quantity",
         "status",
@@ -132,10 +133,17 @@ class ReportLogAdmin(ReadOnlyAdmin):
 
     @admin.display(description="Window start (UTC)")
     def window(self, obj: ReportLog) -> str:
-        return format_html(
+        shown = format_html(
             '<span class="mb-nowrap" title="until {}">{}</span>',
             utc_minute(obj.window_end),
             utc_minute(obj.window_start),
+        )
+        if obj.period_start is None:
+            return shown
+        return format_html(
+            '{}<br><span class="mb-nowrap help">period from {}</span>',
+            shown,
+            utc_minute(obj.period_start),
         )
 
     @admin.display(description="Old → new value")

@@ -17,7 +17,7 @@ from typing import Any
 
 from django.db import transaction
 
-from billing import clock
+from billing import aggregations, clock
 from billing.closing.periods import ClosedPeriod, settled_periods
 from billing.formatting import plain_decimal, signed_quantity
 from billing.integrations.stripe_client import get_client
@@ -97,16 +97,20 @@ def propose(
     *, run: ReportRun | None, meter: Meter, period: BillingPeriod, changes: list[Change]
 ) -> Correction | None:
     customer = changes[0].customer
-    billed = held_total(
+    held = held_values(
         meter=meter,
         stripe_customer_id=customer.stripe_customer_id,
         start=period.period_start,
         end=period.period_end,
     )
+    aggregation = meter.openmeter_aggregation
+    billed = aggregations.billed_value(aggregation=aggregation, values=held)
     mine = Correction.objects.filter(customer=customer, meter=meter, billing_period=period)
     booked = sum((c.quantity for c in mine.filter(status__in=SETTLED)), Decimal(0))
     before = billed + booked
-    after = billed + sum((c.value - (c.previous or 0) for c in changes), Decimal(0))
+    # The period's value once the changes are in: a period-to-date meter's is its last window's.
+    held.update({c.window_start: c.value for c in changes})
+    after = aggregations.billed_value(aggregation=aggregation, values=held)
     if after == before:
         return None
     if mine.filter(status=CorrectionStatus.REJECTED, quantity_after=after).exists():
@@ -142,16 +146,27 @@ def propose(
     return correction
 
 
-def held_total(*, meter: Meter, stripe_customer_id: str, start: datetime, end: datetime) -> Decimal:
-    """What Stripe holds for the customer over [start, end), from the ledger. Summed here:
-    SQLite sums decimals as floats, and this is billed."""
-    values = ReportedWindow.objects.filter(
-        meter=meter,
-        stripe_customer_id=stripe_customer_id,
-        window_start__gte=start,
-        window_start__lt=end,
-    ).values_list("value", flat=True)
-    return sum(values, Decimal(0))
+def held_values(
+    *, meter: Meter, stripe_customer_id: str, start: datetime, end: datetime
+) -> dict[datetime, Decimal]:
+    """What Stripe holds for the customer per window over [start, end), from the ledger."""
+    return dict(
+        ReportedWindow.objects.filter(
+            meter=meter,
+            stripe_customer_id=stripe_customer_id,
+            window_start__gte=start,
+            window_start__lt=end,
+        ).values_list("window_start", "value")
+    )
+
+
+def held_billed(
+    *, meter: Meter, stripe_customer_id: str, start: datetime, end: datetime
+) -> Decimal:
+    """What Stripe bills the customer for [start, end) from what it holds (billed_value: summed
+    in Python, as SQLite sums decimals as floats)."""
+    values = held_values(meter=meter, stripe_customer_id=stripe_customer_id, start=start, end=end)
+    return aggregations.billed_value(aggregation=meter.openmeter_aggregation, values=values)
 
 
 def minor_units(amount: Decimal) -> int:

@@ -7,14 +7,15 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from billing import clock, subjects, windows
-from billing.closing.corrections import held_total
+from billing import aggregations, clock, subjects, windows
+from billing.closing.corrections import held_billed
 from billing.formatting import money
 from billing.integrations.openmeter import OpenMeterClient, OpenMeterError
 from billing.integrations.stripe_client import get_client
 from billing.integrations.stripe_errors import describe
-from billing.models import BillingPeriod, Customer, Subscription
+from billing.models import BillingPeriod, Customer, Meter, Subscription
 from billing.pricing import Amounts
+from billing.reporting.period_to_date import read_customers, unreadable
 
 
 @dataclass
@@ -65,21 +66,11 @@ def _unsent(
         with OpenMeterClient.from_settings() as client:
             for price in sub.prices.select_related("meter"):
                 meter = price.meter
-                start = windows.floor(period.period_start, meter.window)
-                measured = sum(
-                    (
-                        row.value
-                        for row in client.query(
-                            slug=meter.openmeter_slug,
-                            start=start,
-                            end=windows.floor(end, meter.window),
-                            window_size=None,
-                            subjects=subjects.subjects_of(customer),
-                        )
-                    ),
-                    Decimal(0),
-                )
-                held = held_total(
+                start = windows.ceil(period.period_start, meter.window)
+                if start >= windows.floor(end, meter.window):
+                    continue  # no closed window of the period yet
+                measured = _measured(client, meter=meter, customer=customer, start=start, end=end)
+                held = held_billed(
                     meter=meter,
                     stripe_customer_id=customer.stripe_customer_id,
                     start=start,
@@ -91,3 +82,31 @@ def _unsent(
     except OpenMeterError:
         return []
     return rows
+
+
+def _measured(
+    client: OpenMeterClient, *, meter: Meter, customer: Customer, start: datetime, end: datetime
+) -> Decimal:
+    """OpenMeter's value of the customer over [start, end) as Stripe would bill it: summed over
+    its subjects, or, for a period-to-date meter, its aggregate over all of them."""
+    keys = subjects.subjects_of(customer)
+    end = windows.floor(end, meter.window)
+    if not meter.period_to_date:
+        rows = client.query(
+            slug=meter.openmeter_slug, start=start, end=end, window_size=None, subjects=keys
+        )
+        return sum((row.value for row in rows), Decimal(0))
+    aggregation = aggregations.normal(meter.openmeter_aggregation)
+    if unreadable([customer], {customer.pk: keys}, aggregation):
+        return Decimal(0)
+    values = read_customers(
+        openmeter=client,
+        meter=meter,
+        aggregation=aggregation,
+        customers=[customer],
+        subjects_of={customer.pk: keys},
+        start=start,
+        end=end,
+        window_size=None,
+    )
+    return sum(values.values(), Decimal(0))  # one total

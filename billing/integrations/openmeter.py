@@ -49,6 +49,7 @@ _MAX_DELAY: Final = 60.0  # seconds: cap on one backoff sleep, Retry-After inclu
 # Keep each query's URL well below common 8 KiB limits when many subjects are filtered.
 _SUBJECT_PARAMS_BUDGET: Final = 4000
 CUSTOMER_PAGE_SIZE: Final = 100
+CUSTOMER_FILTER_MAX: Final = 100  # filterCustomerId values per query (OpenMeter's maxItems)
 _REDACTED: Final = "[redacted]"
 
 
@@ -82,6 +83,7 @@ class UsageRow(NamedTuple):
     window_start: datetime
     window_end: datetime
     value: Decimal
+    customer_id: str = ""  # the OpenMeter customer, in a query by customer
 
 
 @dataclass(frozen=True)
@@ -230,6 +232,7 @@ class OpenMeterClient:
         window_size: str | None = "HOUR",
         subjects: Sequence[str] = (),
         chunk: timedelta | None = None,
+        customers: Sequence[str] = (),
     ) -> Iterator[UsageRow]:
         """Usage of meter ``slug`` in ``[start, end)`` per subject (and per window).
 
@@ -238,7 +241,11 @@ class OpenMeterClient:
         ``chunk`` splits the range into consecutive pieces of that length, aligned to ``start``,
         one request each (windowed queries only; it must be a whole number of windows). Rows are
         yielded as each request's answer arrives: this is a generator, and errors surface while
-        iterating. Naive datetimes are taken as UTC.
+        iterating. Naive datetimes are taken as UTC. ``customers`` (OpenMeter customer ids, at
+        most 100) reads per customer instead (``filterCustomerId``): each row aggregates all the
+        subjects OpenMeter attributes to the customer, named by ``customer_id`` (a unique count or
+        maximum over several subjects is not the sum of theirs, and filtering by subject groups
+        by subject).
         """
         window = _window_size(window_size)
         start_utc, end_utc = _utc(start, "start"), _utc(end, "end")
@@ -254,7 +261,10 @@ class OpenMeterClient:
                 raise ValueError(f"chunk ({chunk}) must be a whole number of {window} windows")
         pieces = list(_chunks(start_utc, end_utc, chunk if window is not None else None))
         subject_batches = _subject_batches(subjects)
-        return self._iter_rows(slug, window, pieces, subject_batches)
+        customer_ids = list(dict.fromkeys(customers))
+        if len(customer_ids) > CUSTOMER_FILTER_MAX:
+            raise ValueError(f"at most {CUSTOMER_FILTER_MAX} customers per query")
+        return self._iter_rows(slug, window, pieces, subject_batches, customers=customer_ids)
 
     # --- internals --------------------------------------------------------------------------------
 
@@ -264,6 +274,8 @@ class OpenMeterClient:
         window: str | None,
         pieces: list[tuple[datetime, datetime]],
         subject_batches: list[list[str]],
+        *,
+        customers: list[str],
     ) -> Iterator[UsageRow]:
         path = f"/api/v1/meters/{quote(slug, safe='')}/query"
         for piece_start, piece_end in pieces:
@@ -275,18 +287,26 @@ class OpenMeterClient:
                 if window is not None:
                     params.append(("windowSize", window))
                 params.append(("windowTimeZone", "UTC"))
-                params.append(("groupBy", "subject"))
+                if customers:
+                    params.extend(("filterCustomerId", c) for c in customers)
+                else:
+                    params.append(("groupBy", "subject"))
                 params.extend(("subject", subject) for subject in batch)
                 body = self._get_json(path, params, slug=slug)
-                yield from self._rows(slug, body)
+                yield from self._rows(slug, body, by_customer=bool(customers))
 
-    def _rows(self, slug: str, body: Any) -> Iterator[UsageRow]:
+    def _rows(self, slug: str, body: Any, *, by_customer: bool = False) -> Iterator[UsageRow]:
         if not isinstance(body, dict) or not isinstance(body.get("data"), list):
             raise self._bad_body(slug, 'a MeterQueryResult with "data"')
         for item in body["data"]:
             if not isinstance(item, dict):
                 raise self._bad_body(slug, "rows that are objects")
             subject = item.get("subject")
+            customer_id = item.get("customerId") if by_customer else ""
+            if by_customer:
+                subject = subject or ""
+                if not customer_id:
+                    continue
             if subject is None:
                 logger.debug("OpenMeter meter %r: skipped a row without subject", slug)
                 continue
@@ -296,6 +316,7 @@ class OpenMeterClient:
                     window_start=_parse_time(item["windowStart"]),
                     window_end=_parse_time(item["windowEnd"]),
                     value=_decimal(item["value"]),
+                    customer_id=str(customer_id),
                 )
             except (KeyError, TypeError, ValueError, InvalidOperation) as exc:
                 raise self._bad_body(

@@ -17,7 +17,7 @@ from typing import Any
 import stripe
 from django.db import models, transaction
 
-from billing import clock, windows
+from billing import aggregations, clock, windows
 from billing.closing.periods import record_periods
 from billing.formatting import plain_decimal
 from billing.integrations.stripe_client import StripeNotConfigured, get_client
@@ -105,7 +105,9 @@ def meter_create_params(meter: Meter) -> dict[str, Any]:
     return {
         "display_name": meter.name,
         "event_name": meter.event_name,
-        "default_aggregation": {"formula": "sum"},
+        "default_aggregation": {
+            "formula": aggregations.stripe_formula(meter.openmeter_aggregation)
+        },
         "event_time_window": meter.window,
         "customer_mapping": {"type": "by_id", "event_payload_key": "stripe_customer_id"},
         "value_settings": {"event_payload_key": "value"},
@@ -134,6 +136,14 @@ def sync_meter(meter: Meter) -> None:
                 f"Stripe meter {meter.stripe_meter_id} aggregates per "
                 f"'{current.event_time_window or 'event'}', not per '{meter.window}'. "
                 "Stripe cannot change a meter's window: create a new meter instead."
+            )
+        formula = aggregations.stripe_formula(meter.openmeter_aggregation)
+        if current.default_aggregation.formula != formula:
+            raise SyncRefused(
+                f"Stripe meter {meter.stripe_meter_id} bills with formula "
+                f"'{current.default_aggregation.formula}', but an OpenMeter meter aggregated with "
+                f"{aggregations.normal(meter.openmeter_aggregation)} needs '{formula}'. Stripe "
+                "cannot change a meter's formula: create a new meter instead."
             )
         status = current.status
         if current.display_name != meter.name:

@@ -76,8 +76,17 @@ class MeterComparison:
         meter can be loaded a little at a time between judging this one's summaries."""
         self.windows = list(windows.iter_windows(self.start, self.end, self.meter.window))
         position = {window_start: j for j, window_start in enumerate(self.windows)}
-        yield from self._load_openmeter(client, position)
-        yield from self._load_ledger()
+        if self.meter.period_to_date:
+            # Its windows hold values to date where they changed, not each window's usage: the
+            # report run compares them with OpenMeter; here Stripe is compared with what was
+            # sent (drift), and a window with nothing sent should hold nothing in Stripe.
+            yield from self._load_ledger()
+            self._measured = {
+                cus: [ZERO if v is None else v for v in sent] for cus, sent in self._sent.items()
+            }
+        else:
+            yield from self._load_openmeter(client, position)
+            yield from self._load_ledger()
         recent = ReportedWindow.objects.filter(
             meter=self.meter,
             window_start__gte=self.start,

@@ -42,6 +42,8 @@ class Change:
     value: Decimal
     previous: Decimal | None
     revision: int  # values already sent for this window
+    # Period-to-date meters: the first window of the billing period the value is counted from.
+    period_start: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,16 @@ from typing import Any
 from django.db import transaction
 
 from billing import clock
-from billing.models import Customer, LogStatus, Meter, ReportLog, ReportRun, RunStatus, Trigger
+from billing.models import (
+    Customer,
+    LogStatus,
+    Meter,
+    ReportedWindow,
+    ReportLog,
+    ReportRun,
+    RunStatus,
+    Trigger,
+)
 from billing.pricing import Amounts, PriceBook
 from billing.queue import enqueue as queue_task
 from billing.reporting.periods import ReportInputError
@@ -29,10 +38,14 @@ class WindowChange:
     old: Decimal | None  # None: Stripe holds nothing for this window yet
     new: Decimal
     value_change: Amounts = field(default_factory=Amounts)  # the difference as money
+    # Period-to-date meters: what Stripe bills for the period as of this window before the
+    # change (the latest value sent in the period up to it), which `delta` is measured from.
+    before: Decimal | None = None
 
     @property
     def delta(self) -> Decimal:
-        return self.new - (self.old or Decimal(0))
+        base = self.before if self.before is not None else self.old
+        return self.new - (base or Decimal(0))
 
 
 @dataclass
@@ -118,25 +131,41 @@ def load_preview(*, run: ReportRun) -> Preview:
     meters = Meter.objects.filter(pk__in=mine.values("meter_id")).in_bulk()
     customers = Customer.objects.filter(pk__in=mine.values("customer_id")).in_bulk()
     logs = mine.order_by("meter_id", "customer_id", "window_start").values_list(
-        "meter_id", "customer_id", "window_start", "window_end", "previous_quantity", "quantity"
+        "meter_id",
+        "customer_id",
+        "window_start",
+        "window_end",
+        "previous_quantity",
+        "quantity",
+        "period_start",
     )
+    steps: dict[tuple[int, int, datetime], Decimal] = {}  # period-to-date: Stripe's value so far
     # Totals in Python: SQLite sums decimals as floats, and these are the numbers to be billed.
-    for meter_id, customer_id, w_start, w_end, old, new in logs.iterator(chunk_size=2000):
+    for meter_id, customer_id, w_start, w_end, old, new, period in logs.iterator(chunk_size=2000):
         row = rows.get((meter_id, customer_id))
+        meter, customer = meters[meter_id], customers[customer_id]
         if row is None:
-            meter, customer = meters[meter_id], customers[customer_id]
             row = rows[(meter_id, customer_id)] = CustomerChanges(meter, customer, 0, ZERO, ZERO)
             totals.setdefault(meter_id, MeterTotals(meter)).customers += 1
         row.windows += 1
-        row.old_total += old or ZERO
-        row.new_total += new
-        total = totals[meter_id]
-        total.windows += 1
-        total.old_total += old or ZERO
-        total.new_total += new
+        totals[meter_id].windows += 1
+        change = WindowChange(w_start, w_end, old, new)
+        if period is None:  # a window of its own: the period's value is the sum
+            row.old_total += old or ZERO
+            row.new_total += new
+        else:  # the period's value is its latest window's: the row shows the newest change
+            key = (meter_id, customer_id, period)
+            if key not in steps:
+                steps[key] = sent_before(meter=meter, customer=customer, start=period, end=w_start)
+            change.before = old if old is not None else steps[key]
+            steps[key] = new
+            row.old_total, row.new_total = change.before, new
         if shown < PREVIEW_WINDOWS_SHOWN:
-            row.changes.append(WindowChange(w_start, w_end, old, new))
+            row.changes.append(change)
             shown += 1
+    for row in rows.values():
+        totals[row.meter.pk].old_total += row.old_total
+        totals[row.meter.pk].new_total += row.new_total
     prices = PriceBook.load(customer_ids=customers)
     for (meter_id, customer_id), row in rows.items():
         row.value_change = prices.value(
@@ -155,6 +184,20 @@ def load_preview(*, run: ReportRun) -> Preview:
         windows_changed=sum(t.windows for t in totals.values()),
         windows_shown=shown,
     )
+
+
+def sent_before(*, meter: Meter, customer: Customer, start: datetime, end: datetime) -> Decimal:
+    """The latest value sent for the customer in [start, end): what Stripe bills for a
+    period-to-date meter's period so far."""
+    latest = (
+        ReportedWindow.objects.filter(
+            meter=meter, customer=customer, window_start__gte=start, window_start__lt=end
+        )
+        .order_by("-window_start")
+        .values_list("value", flat=True)
+        .first()
+    )
+    return latest if latest is not None else ZERO
 
 
 # --- the real run -----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 
 from django.conf import settings
 
-from billing import clock, subjects, windows
+from billing import aggregations, clock, subjects, windows
 from billing.closing.corrections import CorrectionCollector
 from billing.integrations.meter_events import make_sender
 from billing.integrations.openmeter import OpenMeterClient, OpenMeterError
@@ -26,6 +26,7 @@ from billing.openmeter_attribution import Followed, follow_openmeter
 from billing.redaction import redact
 from billing.reporting.detect import MeterPass
 from billing.reporting.locks import meter_lock
+from billing.reporting.period_to_date import PeriodToDatePass
 from billing.reporting.periods import (
     ReportInputError,
     meter_range,
@@ -94,15 +95,15 @@ def execute_run(run: ReportRun, *, follow: bool = True) -> ReportRun:
                 start, end = meter_range(run=run, meter=meter)
                 _report_meter(
                     run=run,
-                    meter_pass=MeterPass(
-                        meter=meter,
-                        start=start,
-                        end=end,
-                        customers=customers,
-                        filtered=bool(run.customer_subjects),
-                        openmeter=openmeter,
-                        tally=tally,
-                    ),
+                    meter=meter,
+                    pass_fields={
+                        "start": start,
+                        "end": end,
+                        "customers": customers,
+                        "filtered": bool(run.customer_subjects),
+                        "openmeter": openmeter,
+                        "tally": tally,
+                    },
                 )
     except Exception as exc:  # the run must end with a status, whatever happened
         logger.exception("Report run %s crashed", run.pk)
@@ -188,19 +189,32 @@ def _reportable(run: ReportRun, tally: Tally) -> tuple[list[Meter], dict[str, Cu
     return usable_meters, subjects.owners(usable_customers, assumed=run.assumed_subjects)
 
 
-def _report_meter(*, run: ReportRun, meter_pass: MeterPass) -> None:
-    meter, tally = meter_pass.meter, meter_pass.tally
-    if meter_pass.start >= meter_pass.end:
+def _report_meter(*, run: ReportRun, meter: Meter, pass_fields: dict[str, Any]) -> None:
+    tally: Tally = pass_fields["tally"]
+    if pass_fields["start"] >= pass_fields["end"]:
         return
     try:
-        info = meter_pass.openmeter.get_meter(meter.openmeter_slug)
+        info = pass_fields["openmeter"].get_meter(meter.openmeter_slug)
     except OpenMeterError as exc:
         tally.errors.append(redact(str(exc)))
         return
     problem = Meter.aggregation_problem(info.aggregation)
+    billed = aggregations.stripe_formula(meter.openmeter_aggregation)
+    if problem is None and aggregations.stripe_formula(info.aggregation) != billed:
+        problem = (
+            f"OpenMeter now aggregates it with {info.aggregation.upper()}, but its Stripe meter "
+            f"bills with formula '{billed}', which Stripe cannot change. Create a new meter."
+        )
     if problem:
         tally.errors.append(f"Meter '{meter.openmeter_slug}' skipped: {problem}")
         return
+    meter_pass: MeterPass
+    if aggregations.is_period_to_date(info.aggregation):
+        meter_pass = PeriodToDatePass(
+            meter=meter, aggregation=info.aggregation.upper(), **pass_fields
+        )
+    else:
+        meter_pass = MeterPass(meter=meter, **pass_fields)
     if run.dry_run:
         _compare_and_send(run=run, meter_pass=meter_pass)
         return

@@ -25,13 +25,18 @@ def client_for(fake: FakeStripe, http_client: stripe.HTTPXClient) -> Client:
 
 
 def meter_and_price(
-    client: Client, *, interval: str = "day", unit: str = "0.5", event_name: str = "api_calls"
+    client: Client,
+    *,
+    interval: str = "day",
+    unit: str = "0.5",
+    event_name: str = "api_calls",
+    formula: str = "sum",
 ) -> tuple[Any, Any]:
     meter = client.v1.billing.meters.create(
         {
             "display_name": "API calls",
             "event_name": event_name,
-            "default_aggregation": {"formula": "sum"},
+            "default_aggregation": {"formula": formula},
             "customer_mapping": {"type": "by_id", "event_payload_key": "stripe_customer_id"},
             "value_settings": {"event_payload_key": "value"},
             "event_time_window": "hour",
@@ -48,11 +53,13 @@ def meter_and_price(
     return meter, price
 
 
-def daily_world(fake: FakeStripe, clock: Clock, client: Client) -> dict[str, Any]:
+def daily_world(
+    fake: FakeStripe, clock: Clock, client: Client, *, formula: str = "sum"
+) -> dict[str, Any]:
     """At 23:30 on DAY0: a customer subscribed since 00:00 (backdated) with daily periods
     anchored at midnight, so the current period is [DAY0, DAY0 + DAY)."""
     clock.now = DAY0 + DAY - 1800
-    meter, price = meter_and_price(client)
+    meter, price = meter_and_price(client, formula=formula)
     customer = client.v1.customers.create({"name": "Acme"})
     sub = client.v1.subscriptions.create(
         {

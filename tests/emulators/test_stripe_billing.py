@@ -307,3 +307,31 @@ def test_http_control_closes_a_period(fake: FakeStripe, clock: Clock, client: Cl
     assert types(fake)[-1] == "customer.subscription.deleted"
     canceled = httpx.post(f"{fake.url}/_emulator/subscriptions/{sub.id}/advance")
     assert canceled.status_code == 400 and "canceled" in canceled.json()["error"]["message"]
+
+
+def test_a_last_meter_with_windows_bills_the_latest_window_of_the_period(
+    fake: FakeStripe, clock: Clock, client: Client
+) -> None:
+    """Formula `last` with pre-aggregated windows: the latest event received per window is kept,
+    and the period bills the value of its latest window (not the sum of the windows)."""
+    w = daily_world(fake, clock, client, formula="last")
+    cus, meter = w["customer"].id, w["meter"].id
+    send(client, cus, "9", DAY0 - HOUR)  # before the period: not billed in it
+    send(client, cus, "3", DAY0 + HOUR, "one-a")
+    send(client, cus, "5", DAY0 + 4 * HOUR)
+    send(client, cus, "7", DAY0 + 4 * HOUR, "four-b")  # replaces 5: latest received wins
+    send(client, cus, "6", DAY0 + HOUR, "one-b")  # an earlier window: not the latest window
+    summaries = client.v1.billing.meters.event_summaries.list(
+        meter,
+        {"customer": cus, "start_time": DAY0, "end_time": DAY0 + DAY},
+    )
+    assert [Decimal(str(s.aggregated_value)) for s in summaries.data] == [Decimal(7)]
+    clock.advance(HOUR)
+    (draft,) = fake.advance_due_subscriptions()
+    (line,) = client.v1.invoices.retrieve(draft["id"]).lines.data
+    assert (
+        Decimal(line.quantity_decimal)
+        == Decimal(7)
+        == fake.billed_quantity(meter, cus, DAY0, DAY0 + DAY)
+    )
+    assert line.amount == cents(Decimal(7), "0.5")
