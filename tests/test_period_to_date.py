@@ -11,11 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from io import StringIO
 from typing import Any
 
 import pytest
 from django.core.management import call_command
+from stripe import StripeClient
 
 from billing import clock, reporting
 from billing.formatting import utc_iso, utc_minute
@@ -37,7 +37,7 @@ from billing.models import (
 from billing.reporting.preview import preview
 from billing.reporting.selection import select_meters
 from emulators.stripe.webhooks import sign
-from tests.helpers import synced_customers
+from tests.helpers import STRIPE_KEY, synced_customers
 from tests.reconciling import write_behind_our_back
 
 pytestmark = pytest.mark.django_db
@@ -327,7 +327,7 @@ def test_reconciliation_compares_what_stripe_holds_with_what_was_sent(
     with at(now):
         reporting.report_usage(trigger=Trigger.SCHEDULE, now=now)
     with at(now + timedelta(minutes=20)):
-        out = StringIO()
+        out = io.StringIO()
         call_command("reconcile", stdout=out)
         check = Reconciliation.objects.get()
         assert (check.drift, check.unsent) == (0, 0), out.getvalue()
@@ -337,7 +337,7 @@ def test_reconciliation_compares_what_stripe_holds_with_what_was_sent(
         )
         write_behind_our_back(fake_stripe, seats, customers[1], held.window_start, "99")
         with pytest.raises(SystemExit):
-            call_command("reconcile", stdout=StringIO())
+            call_command("reconcile", stdout=io.StringIO())
     latest = Reconciliation.objects.order_by("-pk").first()
     assert latest is not None and latest.drift == 1 and latest.unsent == 0
     item = latest.items.get()
@@ -506,3 +506,68 @@ def test_a_re_report_preview_shows_the_change_of_the_period_value_in_money(
     assert first.window_start == end - timedelta(hours=30)
     assert (first.old, first.before, first.new, first.delta) == (None, 3, 4, 1)
     assert all(change.delta == 1 for change in row.changes)
+
+
+def test_a_new_billing_cycle_anchor_closes_the_old_period_and_counts_the_new_one_from_its_start(
+    client,
+    fake_stripe,
+    fake_openmeter,
+    at,
+    start_of_period,
+    billing,
+    django_capture_on_commit_callbacks,
+):
+    """An upgrade resets the anchor at 10:23: Stripe invoices the old period up to then (the
+    window of 10:00 still belongs to it) and starts a new one; Meterbridge closes the old period
+    and counts the new one's users from its first whole window, 11:00."""
+    users, _, customers, subs = billing
+    acme, sub = customers[0], subs[0]
+    events = Events(fake_openmeter)
+    for day in range(3):
+        for user in (1, 2):
+            events.add(users, "acme", start_of_period + timedelta(days=day, hours=8), user)
+    change = start_of_period + timedelta(days=2, hours=10, minutes=23)
+    first_window = change.replace(minute=0) + timedelta(hours=1)
+    with at(change - timedelta(minutes=13)):
+        reporting.report_usage(trigger=Trigger.SCHEDULE, customers=[acme])
+    with at(change):
+        stripe = StripeClient(STRIPE_KEY, base_addresses={"api": fake_stripe.url})
+        stripe.v1.subscriptions.update(
+            sub.stripe_subscription_id,
+            {"billing_cycle_anchor": "now", "proration_behavior": "none"},
+        )
+        for kind in ("customer.subscription.updated", "invoice.created"):
+            deliver(client, fake_stripe, kind, django_capture_on_commit_callbacks)
+    old = BillingPeriod.objects.get(subscription=sub, period_start=start_of_period)
+    new = BillingPeriod.objects.get(subscription=sub, period_start=change)
+    assert old.period_end == change and old.status == PeriodStatus.INVOICING
+    assert new.status == PeriodStatus.OPEN
+
+    events.add(users, "acme", change + timedelta(minutes=17), 3)  # 10:40: the old period's window
+    events.add(users, "acme", first_window + timedelta(hours=2, minutes=5), 5)
+    events.add(users, "acme", first_window + timedelta(hours=20), 1)
+    with at(first_window + timedelta(minutes=30)):  # the window of 10:00 is closed now
+        reporting.report_usage(trigger=Trigger.SCHEDULE, customers=[acme])
+    with at(change + timedelta(hours=2)):
+        (final,) = fake_stripe.finalize_due_invoices()
+        deliver(client, fake_stripe, "invoice.finalized", django_capture_on_commit_callbacks)
+    billed = {
+        PriceMapping.objects.get(stripe_price_id=line["pricing"]["price_details"]["price"]).meter: (
+            Decimal(str(line["quantity_decimal"]))
+        )
+        for line in final["lines"]["data"]
+    }
+    assert billed[users] == events.truth(users, "acme", start_of_period, first_window) == 3
+
+    later = first_window + timedelta(days=1, hours=2, minutes=30)
+    with at(later):
+        run = reporting.report_usage(trigger=Trigger.SCHEDULE, customers=[acme])
+    assert run.status == "succeeded", run.error
+    end = later.replace(minute=0)
+    assert period_value(fake_stripe, users, acme, first_window) == 2  # users 5 and 1
+    assert events.truth(users, "acme", first_window, end) == 2
+    logs = ReportLog.objects.filter(meter=users, customer=acme, status="sent")
+    assert {log.period_start for log in logs if log.window_start >= first_window} == {first_window}
+    assert {log.period_start for log in logs if log.window_start < first_window} == {
+        start_of_period
+    }

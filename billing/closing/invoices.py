@@ -25,6 +25,9 @@ from billing.reporting.preview import enqueue
 from billing.reporting.runs import RunRequest, start_run
 
 logger = logging.getLogger(__name__)
+# Invoices that bill a usage period: the end of a cycle, and an update that ends the period early
+# (billing_cycle_anchor=now: an upgrade, a new anchor).
+CLOSING = frozenset({"subscription_cycle", "subscription_update"})
 
 
 def _moment(value: Any) -> datetime:
@@ -48,7 +51,7 @@ def subscription_changed(stored: WebhookEvent, event: dict[str, Any]) -> None:
 
 def invoice_created(stored: WebhookEvent, event: dict[str, Any]) -> None:
     invoice = _object(event)
-    if invoice.get("billing_reason") != "subscription_cycle" or invoice.get("status") != "draft":
+    if invoice.get("billing_reason") not in CLOSING or invoice.get("status") != "draft":
         return
     period = _period_of(invoice)
     if period is None:
@@ -64,7 +67,7 @@ def invoice_created(stored: WebhookEvent, event: dict[str, Any]) -> None:
 
 def invoice_finalized(stored: WebhookEvent, event: dict[str, Any]) -> None:
     invoice = _object(event)
-    if invoice.get("billing_reason") != "subscription_cycle":
+    if invoice.get("billing_reason") not in CLOSING:
         return  # the first invoice of a subscription bills no usage period
     period = BillingPeriod.objects.filter(stripe_invoice_id=invoice.get("id")).first()
     if period is None:
@@ -98,18 +101,22 @@ def _period_of(invoice: dict[str, Any]) -> BillingPeriod | None:
             break
     if start is None or end is None:
         return None
-    period, _ = BillingPeriod.objects.get_or_create(
-        subscription=subscription,
-        period_start=_moment(start),
-        defaults={"period_end": _moment(end)},
-    )
-    return period
-
-
-def _ceil(moment: datetime, window: str) -> datetime:
-    """The first window boundary at or after `moment`."""
-    below = windows.floor(moment, window)
-    return below if below == moment else below + windows.length(window)
+    if invoice.get("billing_reason") == "subscription_cycle":
+        cycle, _ = BillingPeriod.objects.get_or_create(
+            subscription=subscription,
+            period_start=_moment(start),
+            defaults={"period_end": _moment(end)},
+        )
+        return cycle
+    # An update invoices a period only when it ends one early (a new billing cycle anchor):
+    # a known period then ends at the change. Other update invoices (prorations) bill no usage.
+    ended = BillingPeriod.objects.filter(
+        subscription=subscription, period_start=_moment(start)
+    ).first()
+    if ended is not None and ended.period_end != _moment(end):
+        ended.period_end = _moment(end)
+        BillingPeriod.objects.filter(pk=ended.pk).update(period_end=ended.period_end)
+    return ended
 
 
 def close_period(*, period: BillingPeriod, invoice_id: str) -> None:
@@ -122,10 +129,10 @@ def close_period(*, period: BillingPeriod, invoice_id: str) -> None:
     window = max((m.window for m in meters), key=windows.length)
     # The windows whose start (their events' timestamp) lies in the period, closed ones only.
     start = max(
-        _ceil(period.period_start, window),
+        windows.ceil(period.period_start, window),
         max(windows.oldest_reportable(m.window, now=now) for m in meters),
     )
-    end = min(_ceil(period.period_end, window), windows.floor(now, window))
+    end = min(windows.ceil(period.period_end, window), windows.floor(now, window))
     if start >= end:
         return
     request = RunRequest(

@@ -22,7 +22,7 @@ from .common import (
     _missing,
     _route,
 )
-from .periods import cycle_anchor
+from .periods import cycle_anchor, period_holding
 
 
 class _Subscriptions:
@@ -204,8 +204,27 @@ class _Subscriptions:
             sub["metadata"] = _merge_metadata(sub["metadata"], p["metadata"])
         if isinstance(p.get("cancellation_details"), dict):
             sub["cancellation_details"].update(p["cancellation_details"])
+        invoice = self._reset_anchor(sub) if p.get("billing_cycle_anchor") == "now" else None
         self._sub_changed(sub, before)
+        if invoice is not None:
+            self.emit_event("invoice.created", invoice)
         return sub
+
+    def _reset_anchor(self, sub: Json) -> Json:
+        """``billing_cycle_anchor=now``: the current period ends now and is invoiced (a draft
+        with reason ``subscription_update`` billing the metered usage up to now); a new period
+        of each item's interval starts now."""
+        now = self._now()
+        spans = [(si_id, price, start, now) for si_id, price, start, _ in self._spans(sub)]
+        start = min(si["current_period_start"] for si in sub["items"]["data"])
+        invoice = self._new_invoice(sub, "subscription_update", start, now, spans)
+        sub["latest_invoice"] = invoice["id"]
+        sub["billing_cycle_anchor"] = now
+        sub["billing_cycle_anchor_config"] = None
+        for si in sub["items"]["data"]:
+            si["current_period_start"] = now
+            si["current_period_end"] = period_holding(sub, si["price"]["recurring"], now)[1]
+        return invoice
 
     @_route("DELETE", "/v1/subscriptions/{subscription_exposed_id}")
     def _subscription_cancel(self, ctx: _Ctx, p: Json, _ev: list[Json]) -> Json:
