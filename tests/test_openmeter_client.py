@@ -92,6 +92,27 @@ def test_query_sends_the_documented_parameters(fake, client):
     assert "authorization" not in fake.request_headers[-1]
 
 
+def test_a_query_by_customer_aggregates_its_subjects_together(fake, client):
+    """A unique count over two subjects is not the sum of theirs: by customer, OpenMeter reads
+    all the customer's subjects as one (filterCustomerId, no groupBy=subject)."""
+    fake.add_meter("users", aggregation="UNIQUE_COUNT", event_type="login")
+    for subject, user in (("acme", 1), ("acme-bot", 1), ("acme-bot", 2), ("globex", 1)):
+        fake.ingest(meter="users", subject=subject, time=T0 + timedelta(minutes=user), value=user)
+    acme = fake.add_customer(name="Acme", key="acme", subject_keys=["acme", "acme-bot"])
+    rows = list(
+        client.query(
+            slug="users", start=T0, end=T0 + HOUR, window_size=None, customers=[acme["id"]]
+        )
+    )
+    assert [(row.customer_id, row.subject, row.value) for row in rows] == [
+        (acme["id"], "", Decimal(2))
+    ]
+    params = query_params(fake.requests[-1][1])
+    assert params["filterCustomerId"] == [acme["id"]] and "groupBy" not in params
+    with pytest.raises(ValueError, match="at most 100 customers"):
+        client.query(slug="users", start=T0, end=T0 + HOUR, customers=[f"c{n}" for n in range(101)])
+
+
 def test_non_utc_inputs_are_sent_as_utc(fake, client):
     cet = datetime(2026, 11, 20, 15, tzinfo=timezone(timedelta(hours=1)))
     list(client.query(slug="api_calls", start=cet, end=cet + HOUR, window_size="DAY"))

@@ -51,10 +51,11 @@ Values = tuple[datetime, dict[int, Decimal], bool]
 @dataclass
 class PeriodToDatePass(MeterPass):
     aggregation: str = "UNIQUE_COUNT"
+    every_window_exact: bool = True  # False: a chosen period is walked back as a lookback is
 
     def every_window(self) -> Iterator[Change]:
-        """A chosen period: every window of every customer, exactly."""
-        yield from self.report(exact=True)
+        """A chosen period: every window of every customer, exactly (or walked back)."""
+        yield from self.report(exact=self.every_window_exact)
 
     def by_range(self) -> Iterator[Change]:
         """A lookback: newest window first, as far back as values changed."""

@@ -21,6 +21,7 @@ from billing.models import (
     RunMode,
     RunStatus,
     SubjectMove,
+    Trigger,
 )
 from billing.openmeter_attribution import Followed, follow_openmeter
 from billing.redaction import redact
@@ -210,8 +211,13 @@ def _report_meter(*, run: ReportRun, meter: Meter, pass_fields: dict[str, Any]) 
         return
     meter_pass: MeterPass
     if aggregations.is_period_to_date(info.aggregation):
+        # Closing a period (the only runs Stripe's webhooks start) needs the period's value, its
+        # last window, exact: walking back from it reads a few windows, not every one.
         meter_pass = PeriodToDatePass(
-            meter=meter, aggregation=info.aggregation.upper(), **pass_fields
+            meter=meter,
+            aggregation=info.aggregation.upper(),
+            every_window_exact=run.trigger != Trigger.WEBHOOK,
+            **pass_fields,
         )
     else:
         meter_pass = MeterPass(meter=meter, **pass_fields)
