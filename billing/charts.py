@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-from django.db.models import QuerySet, Sum
+from django.db.models import Max, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from billing import aggregations
+from billing.formatting import quantity
 from billing.models import Customer, Meter, ReportedWindow
 
 DAYS = 30
@@ -31,6 +33,24 @@ class DailyUsage:
     def total(self) -> Decimal:
         return sum(self.values, Decimal(0))
 
+    @property
+    def summary(self) -> str:
+        """The figure beside the chart: the total, or for a period-to-date meter (whose days do
+        not add up) the latest day's value."""
+        if self.meter.period_to_date:
+            latest = next((v for v in reversed(self.values) if v), Decimal(0))
+            return f"latest {quantity(latest)}"
+        return f"total {quantity(self.total)}"
+
+    @property
+    def title(self) -> str:
+        if self.meter.period_to_date:
+            return (
+                f"{self.meter.name}: value to date per UTC day (each customer's highest that day, "
+                "added up), last 30 days"
+            )
+        return f"{self.meter.name}: reported usage per UTC day, last 30 days"
+
 
 def last_days(*, today: date, days: int = DAYS) -> list[date]:
     """The `days` UTC days ending with today (still open, so partial)."""
@@ -38,18 +58,34 @@ def last_days(*, today: date, days: int = DAYS) -> list[date]:
 
 
 def _daily(rows: "QuerySet[ReportedWindow]", *, today: date) -> dict[int, dict[date, Decimal]]:
+    """Per meter and day: the sum of the values Stripe holds; for a period-to-date meter (whose
+    windows hold values to date) the sum over customers of each one's highest value that day."""
     days = last_days(today=today)
     start = datetime.combine(days[0], datetime.min.time(), UTC)
+    rows = rows.filter(window_start__gte=start).annotate(day=TruncDate("window_start", tzinfo=UTC))
+    to_date = [
+        pk
+        for pk, aggregation in Meter.objects.values_list("pk", "openmeter_aggregation")
+        if aggregations.is_period_to_date(aggregation)
+    ]
     per_meter: dict[int, dict[date, Decimal]] = {}
     totals = (
-        rows.filter(window_start__gte=start)
-        .annotate(day=TruncDate("window_start", tzinfo=UTC))
+        rows.exclude(meter_id__in=to_date)
         .values("meter_id", "day")
         .annotate(total=Sum("value"))
         .order_by()
     )
     for row in totals:
         per_meter.setdefault(row["meter_id"], {})[row["day"]] = row["total"]
+    peaks = (
+        rows.filter(meter_id__in=to_date)
+        .values("meter_id", "customer_id", "day")
+        .annotate(peak=Max("value"))
+        .order_by()
+    )
+    for peak in peaks:
+        days_of = per_meter.setdefault(peak["meter_id"], {})
+        days_of[peak["day"]] = days_of.get(peak["day"], Decimal(0)) + peak["peak"]
     return per_meter
 
 

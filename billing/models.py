@@ -103,7 +103,10 @@ class Meter(StripeSynced):
         validators=[validators.stripe_meter_id],
     )
     openmeter_aggregation = models.CharField(
-        max_length=20, blank=True, help_text="The OpenMeter meter's aggregation, read on save."
+        "OpenMeter aggregation",
+        max_length=20,
+        blank=True,
+        help_text="The OpenMeter meter's aggregation, read on save.",
     )
     active = models.BooleanField(default=True)
 

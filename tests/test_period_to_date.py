@@ -308,6 +308,9 @@ def test_a_new_period_mid_month_counts_from_its_start_and_the_history_says_which
     page = admin_client.get(f"/admin/billing/reportlog/?meter__id__exact={users.pk}")
     assert f"period from {utc_minute(first_window)}" in page.content.decode()
     assert f"period from {utc_minute(start_of_period)}" in page.content.decode()
+    # The charts do not add days up: each day shows the highest value to date sent that day.
+    meter_page = admin_client.get(f"/admin/billing/meter/{users.pk}/change/").content.decode()
+    assert "active_users · latest 2" in meter_page and "value to date per UTC day" in meter_page
     response = admin_client.get("/admin/billing/reportlog/export.csv")
     rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
     assert {r["billing_period_from_utc"] for r in rows if r["meter"] == "active_users"} == {
@@ -481,7 +484,7 @@ def test_a_customer_whose_subjects_cannot_be_read_together_is_named_and_the_othe
 
 
 def test_a_re_report_preview_shows_the_change_of_the_period_value_in_money(
-    fake_stripe, fake_openmeter, at, start_of_period, billing
+    fake_stripe, fake_openmeter, at, start_of_period, billing, admin_client
 ):
     users, seats, customers, _ = billing
     acme = customers[0]
@@ -506,6 +509,21 @@ def test_a_re_report_preview_shows_the_change_of_the_period_value_in_money(
     assert first.window_start == end - timedelta(hours=30)
     assert (first.old, first.before, first.new, first.delta) == (None, 3, 4, 1)
     assert all(change.delta == 1 for change in row.changes)
+    with at(now):  # the admin's page of the same preview
+        page = admin_client.post(
+            "/admin/billing/meter/",
+            {
+                "action": "rereport_usage",
+                "_selected_action": [str(users.pk)],
+                "step": "preview",
+                "preset": "custom",
+                "start": (end - timedelta(hours=40)).strftime("%Y-%m-%dT%H:%M"),
+                "end": end.strftime("%Y-%m-%dT%H:%M"),
+                "reason": "late users",
+            },
+        ).content.decode()
+    assert "Stripe holds” is the period's value as of that window" in page
+    assert '<td class="num mb-old">3</td><td class="num mb-new">4</td>' in page
 
 
 def test_a_new_billing_cycle_anchor_closes_the_old_period_and_counts_the_new_one_from_its_start(

@@ -57,11 +57,8 @@ class UsageChartsMixin(BillingAdmin):
             usage_charts = [
                 {
                     "meter": usage.meter,
-                    "total": usage.total,
-                    "svg": charts.bar_chart(
-                        usage,
-                        title=f"{usage.meter.name}: reported usage per UTC day, last 30 days",
-                    ),
+                    "summary": usage.summary,
+                    "svg": charts.bar_chart(usage, title=usage.title),
                 }
                 for usage in self.usage_series(obj)
             ]

@@ -84,6 +84,10 @@ class Preview:
     windows_shown: int
 
     @property
+    def has_values_to_date(self) -> bool:
+        return any(total.meter.period_to_date for total in self.meters)
+
+    @property
     def complete(self) -> bool:
         """A preview that failed somewhere does not say what a run would send."""
         return self.run.status == RunStatus.SUCCEEDED
