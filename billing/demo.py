@@ -16,10 +16,11 @@ import httpx
 from django.conf import settings
 
 from billing import clock, windows
-from billing.example import METER_SLUG, Example, ExampleCustomer, create_example
+from billing.example import METER_SLUG, Example, ExampleCustomer, add_price, create_example
 from billing.formatting import utc_iso
-from billing.integrations.openmeter import OpenMeterClient
+from billing.integrations.openmeter import CustomerInfo, OpenMeterClient, OpenMeterNotFound
 from billing.models import CustomerSubject
+from billing.openmeter_import import link_customer
 
 CUSTOMERS = (
     ExampleCustomer(name="Acme Corp", email="billing@acme.example", subject="acme"),
@@ -30,6 +31,10 @@ CUSTOMERS = (
 OTHER_SUBJECTS = {"acme": ("acme-alice", "acme-bob")}
 UNMAPPED_SUBJECT = "umbrella-trial"  # usage under a subject no customer has: "unmapped usage"
 EVENT_TYPE = "tokens"  # the emulator's meter `tokens_total` sums `data.tokens` of these events
+# ...and `active_users` counts the unique `data.user` of the same events: billed per month as the
+# period's unique count (Stripe meter formula `last`), $5 per active user.
+USERS_SLUG, USERS_NAME, USER_CENTS = "active_users", "Active users", Decimal(500)
+USERS_PER_SUBJECT = {"acme": 6, "acme-alice": 1, "acme-bob": 1, "globex": 4, "initech": 3}
 BACKFILL_HOURS = 48
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -55,10 +60,37 @@ def ensure_example(*, now: datetime | None = None) -> Example:
     now = now or clock.now()
     bill_from = windows.floor(now - timedelta(hours=BACKFILL_HOURS), windows.DAY)
     example = create_example(customers=CUSTOMERS, bill_from=bill_from)
+    add_price(example, slug=USERS_SLUG, name=USERS_NAME, unit_amount=USER_CENTS)
     for customer in example.customers:
-        for subject in OTHER_SUBJECTS.get(customer.openmeter_subject, ()):
+        others = OTHER_SUBJECTS.get(customer.openmeter_subject, ())
+        for subject in others:
             CustomerSubject.objects.get_or_create(subject=subject, defaults={"customer": customer})
+        if others and not customer.openmeter_customer_id:
+            # Its users' unique count over all its subjects is read through its OpenMeter
+            # customer (a unique count over several subjects is not the sum of theirs).
+            keys = [customer.openmeter_subject, *others]
+            link_customer(customer=customer, info=_openmeter_customer(customer.name, keys))
     return example
+
+
+def _openmeter_customer(name: str, subject_keys: list[str]) -> CustomerInfo:
+    """The emulator's customer with these subject keys (its key is the first), created once."""
+    with OpenMeterClient.from_settings() as client:
+        try:
+            return client.get_customer(subject_keys[0])
+        except OpenMeterNotFound:
+            pass
+        response = httpx.post(
+            settings.OPENMETER_URL.rstrip("/") + "/api/v1/customers",
+            json={
+                "name": name,
+                "key": subject_keys[0],
+                "usageAttribution": {"subjectKeys": subject_keys},
+            },
+            timeout=10,
+        )
+        response.raise_for_status()
+        return client.get_customer(subject_keys[0])
 
 
 def subjects_of(spec: ExampleCustomer) -> tuple[str, ...]:
@@ -71,6 +103,12 @@ class Event:
     time: datetime
     tokens: int
 
+    @property
+    def user(self) -> str:
+        """Who used the tokens: one of a few users per subject, the same ones day after day."""
+        pool = USERS_PER_SUBJECT.get(self.subject, 2)
+        return f"{self.subject}-user-{(self.tokens * 7 + self.time.hour) % pool + 1}"
+
     def cloudevent(self) -> dict[str, object]:
         return {
             "specversion": "1.0",
@@ -79,7 +117,7 @@ class Event:
             "type": EVENT_TYPE,
             "subject": self.subject,
             "time": utc_iso(self.time),
-            "data": {"tokens": self.tokens},
+            "data": {"tokens": self.tokens, "user": self.user},
         }
 
 

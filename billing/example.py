@@ -85,14 +85,32 @@ def create_example(
     return example
 
 
-def _price(meter: Meter) -> PriceMapping:
+def add_price(example: Example, *, slug: str, name: str, unit_amount: Decimal) -> PriceMapping:
+    """Another metered price, from OpenMeter meter `slug`, on the example's subscriptions (the
+    demo's monthly active users). Running it again changes nothing that exists."""
+    meter, _ = Meter.objects.get_or_create(
+        openmeter_slug=slug, defaults={"name": name, "window": Window.HOUR}
+    )
+    example.warnings.extend(_check_openmeter(meter))
+    _sync(meter, example)
+    price = _price(meter, name=name, unit_amount=unit_amount)
+    _sync(price, example)
+    for subscription in example.subscriptions:
+        if not subscription.prices.filter(pk=price.pk).exists():
+            subscription.prices.add(price)
+            outcome = sync_object(subscription)  # adds the item in Stripe
+            if not outcome:
+                example.failures.append(outcome)
+    return price
+
+
+def _price(
+    meter: Meter, *, name: str = PRODUCT_NAME, unit_amount: Decimal = UNIT_AMOUNT_CENTS
+) -> PriceMapping:
     price = PriceMapping.objects.filter(meter=meter, active=True).order_by("pk").first()
     if price is None:
         price = PriceMapping.objects.create(
-            meter=meter,
-            product_name=PRODUCT_NAME,
-            currency="usd",
-            unit_amount_decimal=UNIT_AMOUNT_CENTS,
+            meter=meter, product_name=name, currency="usd", unit_amount_decimal=unit_amount
         )
     return price
 

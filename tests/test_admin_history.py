@@ -131,7 +131,8 @@ def test_run_page_follows_a_running_run_and_then_shows_its_log(
 
 
 def test_run_page_shows_errors(fake_stripe, fake_openmeter, now, admin_client, frozen):
-    synced_meter(fake_openmeter, "peak", aggregation="MAX")
+    synced_meter(fake_openmeter, "peak")  # a SUM meter in Stripe...
+    fake_openmeter.add_meter("peak", aggregation="MAX")  # ...that OpenMeter now takes the max of
     synced_customers(["acme"])
     run = reporting.report_usage(
         trigger=Trigger.COMMAND, start=hours_ago(now, 3), end=hours_ago(now, 0), now=now

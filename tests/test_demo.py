@@ -24,6 +24,10 @@ def demo_mode(fake_stripe, fake_openmeter, settings, frozen):
     fake_openmeter.add_meter(
         "tokens_total", aggregation="SUM", event_type="tokens", value_property="$.tokens"
     )
+    # ...and active_users counts the unique data.user of the same events
+    fake_openmeter.add_meter(
+        "active_users", aggregation="UNIQUE_COUNT", event_type="tokens", value_property="$.user"
+    )
     return fake_stripe, fake_openmeter
 
 
@@ -118,3 +122,47 @@ def test_live_usage_is_mostly_now_and_sometimes_late_or_unmapped(frozen):
     unmapped = [e for e in events if e.subject == demo.UNMAPPED_SUBJECT]
     assert late and unmapped and len(late) + len(unmapped) < len(events) / 10
     assert all(e.tokens > 0 for e in events)
+
+
+def test_the_demo_bills_monthly_active_users_as_the_period_unique_count(demo_mode, frozen):
+    """The demo's second price: active users (UNIQUE_COUNT of data.user), billed per period
+    through a Stripe meter with formula `last`; Acme's three subjects are read together through
+    its OpenMeter customer."""
+    fake_stripe, _ = demo_mode
+    call_command("demo_setup", stdout=StringIO(), stderr=StringIO())
+    run = ReportRun.objects.get(trigger=Trigger.SCHEDULE)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    users = Meter.objects.get(openmeter_slug=demo.USERS_SLUG)
+    assert users.openmeter_aggregation == "UNIQUE_COUNT" and users.period_to_date
+    remote = fake_stripe.objects["billing.meter"][users.stripe_meter_id]
+    assert remote["default_aggregation"]["formula"] == "last"
+    acme = Customer.objects.get(openmeter_subject="acme")
+    assert acme.openmeter_customer_id
+    end = windows.floor(frozen, windows.HOUR)
+    billed = fake_stripe.billed_windows(users.stripe_meter_id)
+    with OpenMeterClient.from_settings() as client:
+        for sub in Subscription.objects.select_related("customer"):
+            assert sub.prices.count() == 2
+            items = fake_stripe.objects["subscription"][sub.stripe_subscription_id]["items"]
+            assert len(items["data"]) == 2
+            customer = sub.customer
+            assert sub.bill_from is not None
+            if customer.openmeter_customer_id:
+                rows = client.query(
+                    slug=demo.USERS_SLUG,
+                    start=sub.bill_from,
+                    end=end,
+                    window_size=None,
+                    customers=[customer.openmeter_customer_id],
+                )
+            else:
+                rows = client.query(
+                    slug=demo.USERS_SLUG,
+                    start=sub.bill_from,
+                    end=end,
+                    window_size=None,
+                    subjects=[customer.openmeter_subject],
+                )
+            truth = sum((row.value for row in rows), Decimal(0))
+            mine = {w: v for (cus, w), v in billed.items() if cus == customer.stripe_customer_id}
+            assert truth > 1 and Decimal(mine[max(mine)]) == truth

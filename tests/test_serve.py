@@ -138,10 +138,14 @@ def test_serve_runs_the_demo_and_stops_cleanly(serve):
     # Stripe's side equals OpenMeter's, window by window, for the mapped subjects.
     state = httpx.get(f"http://127.0.0.1:{ports['stripe']}/_emulator/state.json").json()
     subject_of = {c["id"]: c["metadata"]["openmeter_subject"] for c in state["customers"]}
+    formulas = {m["event_name"]: m["formula"] for m in state["meters"]}
+    assert formulas == {"tokens_total": "sum", "active_users": "last"}  # the demo's two prices
+    (tokens,) = [m["id"] for m in state["meters"] if m["event_name"] == "tokens_total"]
+    assert any(w["meter"] != tokens for w in state["windows"])  # active users were reported
     billed = {
         (subject_of[w["customer"]], w["window_start"]): Decimal(w["value"])
         for w in state["windows"]
-        if Decimal(w["value"])
+        if w["meter"] == tokens and Decimal(w["value"])
     }
     hours = sorted({ts for _, ts in billed})
     query = httpx.get(

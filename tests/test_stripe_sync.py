@@ -157,6 +157,25 @@ def test_an_aggregation_that_needs_another_stripe_formula_is_refused(
     assert "Stripe cannot change a meter's formula" in meter.sync_error
 
 
+def test_a_meter_saved_while_openmeter_was_down_is_created_in_stripe_once_it_answers(
+    fake_stripe, fake_openmeter, settings
+):
+    """Its aggregation decides the Stripe meter's formula, which Stripe cannot change."""
+    meter = Meter.objects.create(name="Users", openmeter_slug="active_users")  # not read yet
+    settings.OPENMETER_URL, settings.OPENMETER_MAX_RETRIES = "http://127.0.0.1:9", 0
+    assert not stripe_sync.sync_object(meter)
+    meter.refresh_from_db()
+    assert "decides the Stripe meter's formula and could not be read" in meter.sync_error
+    assert not fake_stripe.objects["billing.meter"]
+    settings.OPENMETER_URL = fake_openmeter.url
+    fake_openmeter.add_meter("active_users", aggregation="UNIQUE_COUNT")
+    assert stripe_sync.sync_object(meter)
+    meter.refresh_from_db()
+    assert meter.openmeter_aggregation == "UNIQUE_COUNT"
+    remote = fake_stripe.objects["billing.meter"][meter.stripe_meter_id]
+    assert remote["default_aggregation"]["formula"] == "last"
+
+
 def test_customer_created_or_linked(staff, fake_stripe):
     staff.post(
         "/admin/billing/customer/add/",

@@ -20,6 +20,7 @@ from django.db import models, transaction
 from billing import aggregations, clock, windows
 from billing.closing.periods import record_periods
 from billing.formatting import plain_decimal
+from billing.integrations.openmeter import OpenMeterClient, OpenMeterError
 from billing.integrations.stripe_client import StripeNotConfigured, get_client
 from billing.integrations.stripe_errors import describe
 from billing.models import (
@@ -114,9 +115,30 @@ def meter_create_params(meter: Meter) -> dict[str, Any]:
     }
 
 
+def _read_aggregation(meter: Meter) -> None:
+    """The OpenMeter aggregation decides the Stripe meter's formula, which Stripe cannot change:
+    a meter saved while OpenMeter did not answer reads it now, or is not created in Stripe."""
+    if meter.openmeter_aggregation:
+        return
+    try:
+        with OpenMeterClient.from_settings() as openmeter:
+            info = openmeter.get_meter(meter.openmeter_slug)
+    except OpenMeterError as exc:
+        raise SyncRefused(
+            f"OpenMeter's aggregation of '{meter.openmeter_slug}' decides the Stripe meter's "
+            f"formula and could not be read ({exc}). Sync again once OpenMeter answers."
+        ) from None
+    problem = aggregations.problem(info.aggregation)
+    if problem:
+        raise SyncRefused(problem)
+    meter.openmeter_aggregation = info.aggregation.upper()
+    Meter.objects.filter(pk=meter.pk).update(openmeter_aggregation=meter.openmeter_aggregation)
+
+
 def sync_meter(meter: Meter) -> None:
     client = get_client()
     if not meter.stripe_meter_id:
+        _read_aggregation(meter)
         params = meter_create_params(meter)
         created = client.v1.billing.meters.create(
             params,  # type: ignore[arg-type]
