@@ -13,6 +13,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 
 from billing import clock, reporting
+from billing.closing.periods import record_periods
 from billing.integrations import stripe_sync
 from billing.models import (
     BillingPeriod,
@@ -146,3 +147,21 @@ def test_close_final_invoice_and_a_correction(
     assert [i["id"] for i in items] == [correction.stripe_object_id]
     assert items[0]["amount"] == 20 and items[0]["customer"] == acme.stripe_customer_id
     assert "Usage correction: Api Calls" in items[0]["description"]
+
+
+def test_periods_of_an_older_api_version_are_read_from_the_subscription(subscribed):
+    """Before API version 2025-03-31 the period is on the subscription, not on its items."""
+    _, _, sub, _ = subscribed
+    start, end = 1_800_000_000, 1_802_592_000
+    record_periods(
+        subscription=sub,
+        stripe_subscription={
+            "items": {"data": [{"id": "si_1"}]},
+            "current_period_start": start,
+            "current_period_end": end,
+        },
+    )
+    period = BillingPeriod.objects.get(
+        subscription=sub, period_start=datetime.fromtimestamp(start, UTC)
+    )
+    assert period.period_end == datetime.fromtimestamp(end, UTC)

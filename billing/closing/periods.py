@@ -17,6 +17,8 @@ def _moment(value: Any) -> datetime:
 def record_periods(*, subscription: Subscription, stripe_subscription: dict[str, Any]) -> None:
     """Keep the subscription's current period(s) from its Stripe object (items carry them)."""
     items = (stripe_subscription.get("items") or {}).get("data") or []
+    if not any(item.get("current_period_start") is not None for item in items):
+        items = [stripe_subscription]  # API versions before 2025-03-31 keep it on the subscription
     seen = set()
     for item in items:
         start, end = item.get("current_period_start"), item.get("current_period_end")
