@@ -16,6 +16,7 @@ import pytest
 
 from billing.integrations import stripe_sync
 from billing.models import Customer, Meter
+from emulators.stripe.webhooks import sign
 
 ROOT = Path(__file__).resolve().parent.parent
 STRIPE_KEY = "sk_test_meterbridge_tests"
@@ -97,3 +98,21 @@ def billed(fake_stripe: Any, meter: Meter) -> dict[tuple[str, int], Decimal]:
         for k, v in fake_stripe.billed_windows(meter.stripe_meter_id).items()
         if Decimal(v) != 0
     }
+
+
+def deliver_newest(
+    client: Any, fake_stripe: Any, event_type: str, capture: Any, *, secret: str
+) -> dict[str, Any]:
+    """Post the newest event of `event_type` the fake Stripe emitted to the webhook, signed with
+    `secret`, and run what it queues (`capture`: django_capture_on_commit_callbacks)."""
+    event: dict[str, Any] = [e for e in fake_stripe.events if e["type"] == event_type][-1]
+    payload = json.dumps(event).encode()
+    with capture(execute=True):
+        response = client.post(
+            "/stripe/webhook/",
+            data=payload,
+            content_type="application/json",
+            HTTP_STRIPE_SIGNATURE=sign(payload, secret),
+        )
+    assert response.status_code == 200
+    return event

@@ -3,10 +3,9 @@ invoice makes Meterbridge report the whole period at once (so the final invoice 
 window), the final invoice closes the period, and usage that arrives later becomes one proposed
 correction, booked once as an invoice item when approved."""
 
-import json
+import functools
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -25,8 +24,7 @@ from billing.models import (
     Subscription,
     Trigger,
 )
-from emulators.stripe.webhooks import sign
-from tests.helpers import Usage, synced_customers, synced_meter
+from tests.helpers import Usage, deliver_newest, synced_customers, synced_meter
 
 pytestmark = pytest.mark.django_db
 SECRET = "whsec_meterbridge_period_tests"
@@ -48,19 +46,7 @@ def hour(noon: datetime, h: int) -> datetime:
     return noon.replace(minute=0) - timedelta(hours=h)
 
 
-def deliver(client: Any, fake_stripe: Any, event_type: str, capture: Any) -> dict[str, Any]:
-    """Post the newest event of `event_type` the fake Stripe emitted to the webhook, signed."""
-    event = [e for e in fake_stripe.events if e["type"] == event_type][-1]
-    payload = json.dumps(event).encode()
-    with capture(execute=True):
-        response = client.post(
-            "/stripe/webhook/",
-            data=payload,
-            content_type="application/json",
-            HTTP_STRIPE_SIGNATURE=sign(payload, SECRET),
-        )
-    assert response.status_code == 200
-    return event
+deliver = functools.partial(deliver_newest, secret=SECRET)
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ billing period start to its end, Stripe's `last` meter bills the period's last w
 final invoice bills exactly OpenMeter's aggregate over the period, whatever arrived late."""
 
 import csv
+import functools
 import io
-import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,8 +36,7 @@ from billing.models import (
 )
 from billing.reporting.preview import preview
 from billing.reporting.selection import select_meters
-from emulators.stripe.webhooks import sign
-from tests.helpers import STRIPE_KEY, synced_customers
+from tests.helpers import STRIPE_KEY, deliver_newest, synced_customers
 from tests.reconciling import write_behind_our_back
 
 pytestmark = pytest.mark.django_db
@@ -90,17 +89,7 @@ def make_meter(fake_openmeter: Any, slug: str, aggregation: str) -> Meter:
     return meter
 
 
-def deliver(client: Any, fake_stripe: Any, event_type: str, capture: Any) -> None:
-    event = [e for e in fake_stripe.events if e["type"] == event_type][-1]
-    payload = json.dumps(event).encode()
-    with capture(execute=True):
-        response = client.post(
-            "/stripe/webhook/",
-            data=payload,
-            content_type="application/json",
-            HTTP_STRIPE_SIGNATURE=sign(payload, SECRET),
-        )
-    assert response.status_code == 200
+deliver = functools.partial(deliver_newest, secret=SECRET)
 
 
 @pytest.fixture
@@ -148,14 +137,19 @@ def billing(fake_stripe, fake_openmeter, at, start_of_period):
     return users, seats, customers, subs
 
 
+def stripe_steps(fake_stripe: Any, meter: Meter, customer: Customer) -> dict[datetime, Decimal]:
+    """The value Stripe keeps per window start (UTC) for the customer."""
+    return {
+        datetime.fromtimestamp(when, UTC): Decimal(value)
+        for (cid, when), value in fake_stripe.billed_windows(meter.stripe_meter_id).items()
+        if cid == customer.stripe_customer_id
+    }
+
+
 def period_value(fake_stripe: Any, meter: Meter, customer: Customer, start: datetime) -> Decimal:
     """What Stripe bills for the period from `start`: its latest window's value."""
-    kept = {
-        when: value
-        for (cid, when), value in fake_stripe.billed_windows(meter.stripe_meter_id).items()
-        if cid == customer.stripe_customer_id and when >= start.timestamp()
-    }
-    return Decimal(kept[max(kept)]) if kept else Decimal(0)
+    kept = {w: v for w, v in stripe_steps(fake_stripe, meter, customer).items() if w >= start}
+    return kept[max(kept)] if kept else Decimal(0)
 
 
 def feed_days(events: Events, users: Meter, seats: Meter, start: datetime) -> None:
@@ -219,12 +213,8 @@ def test_unique_count_and_max_bill_the_period_aggregate_through_late_events_and_
     assert period_value(fake_stripe, users, customers[0], start_of_period) == 4
     assert period_value(fake_stripe, seats, customers[1], start_of_period) == 6
     # The late user's window and every later one of the period hold the value to date.
-    acme_windows = {
-        when: value
-        for (cid, when), value in fake_stripe.billed_windows(users.stripe_meter_id).items()
-        if cid == customers[0].stripe_customer_id
-    }
-    landed = int((end - timedelta(hours=30)).timestamp())
+    acme_windows = stripe_steps(fake_stripe, users, customers[0])
+    landed = end - timedelta(hours=30)
     assert acme_windows[landed] == 4
     assert all(v == 4 for when, v in acme_windows.items() if when >= landed)
     posts = fake_stripe.count("POST", EVENTS)
@@ -291,11 +281,7 @@ def test_a_new_period_mid_month_counts_from_its_start_and_the_history_says_which
     assert run.status == "succeeded", run.error
     end = now.replace(minute=0)
 
-    kept = {
-        datetime.fromtimestamp(when, UTC): value
-        for (cid, when), value in fake_stripe.billed_windows(users.stripe_meter_id).items()
-        if cid == acme.stripe_customer_id
-    }
+    kept = stripe_steps(fake_stripe, users, acme)
     old = {w: v for w, v in kept.items() if w < first_window}
     new = {w: v for w, v in kept.items() if w >= first_window}
     assert old[max(old)] == events.truth(users, "acme", start_of_period, first_window) == 2
@@ -379,14 +365,6 @@ def test_late_usage_after_the_final_invoice_is_one_correction_of_the_period_valu
     assert (correction.quantity_before, correction.quantity_after) == (Decimal(3), Decimal(5))
     assert correction.amount == Decimal(1000)  # 2 users at 500 cents
     assert not Correction.objects.filter(meter=seats).exists()
-
-
-def stripe_steps(fake_stripe: Any, meter: Meter, customer: Customer) -> dict[datetime, Decimal]:
-    return {
-        datetime.fromtimestamp(when, UTC): Decimal(value)
-        for (cid, when), value in fake_stripe.billed_windows(meter.stripe_meter_id).items()
-        if cid == customer.stripe_customer_id
-    }
 
 
 def holds_as_of(steps: dict[datetime, Decimal], start: datetime, window: datetime) -> Decimal:

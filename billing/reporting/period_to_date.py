@@ -13,8 +13,8 @@ and the value before it; UNIQUE_COUNT and AVG with one query per window. A lookb
 window first, the period-to-date value of the customers still changing, and stops for a customer at
 the first window whose value equals what Stripe holds: an unchanged run costs one query per period
 start. A late event that leaves the newest value as it was (a user counted again later in the
-period) does not change the bill; the windows in between are corrected when the period is reported
-again (closing it does).
+period) does not change the bill; the windows in between are corrected when the period is
+re-reported.
 """
 
 from collections import defaultdict
@@ -82,11 +82,12 @@ class PeriodToDatePass(MeterPass):
         # Newest ranges first: fresh usage is sent while older ranges are compared.
         for segment in sorted(groups, key=lambda s: (s.high, s.low), reverse=True):
             group = groups[segment]
+            ledger = Ledger.read(self, segment, group)
             if exact:
                 values = self.exact_values(segment, group)
             else:
-                values = self.walk_back(segment, group)
-            yield from self.changes_of(segment, group, values)
+                values = self.walk_back(segment, group, ledger)
+            yield from self.changes_of(segment, group, values, ledger)
 
     # --- reading OpenMeter ------------------------------------------------------------------
 
@@ -141,9 +142,10 @@ class PeriodToDatePass(MeterPass):
                 yield window_start, dict(carried), True
             low = high
 
-    def walk_back(self, segment: Segment, group: list[Customer]) -> Iterator[Values]:
+    def walk_back(
+        self, segment: Segment, group: list[Customer], ledger: "Ledger"
+    ) -> Iterator[Values]:
         """The values of the windows that changed, found newest first (see the module)."""
-        ledger = Ledger.read(self, segment, group)
         by_pk = {c.pk: c for c in group}
         changing = list(group)
         found: dict[datetime, dict[int, Decimal]] = {}
@@ -169,11 +171,12 @@ class PeriodToDatePass(MeterPass):
         segment: Segment,
         group: list[Customer],
         values: Iterator[Values],
+        ledger: "Ledger",
     ) -> Iterator[Change]:
         """The windows to send, oldest first: a value that differs from Stripe's step."""
         by_pk = {c.pk: c for c in group}
-        step_value = Ledger.sent_before(self, segment, group)
-        held = self.held_windows(segment.low, segment.high, by_pk)
+        step_value = dict(ledger.before)
+        held = ledger.held
         resent = 0
         read = iter(values)
         pending = next(read, None)
@@ -275,6 +278,7 @@ class Ledger:
     def __init__(
         self, held: Mapping[tuple[int, datetime], Held], before: Mapping[int, Decimal]
     ) -> None:
+        self.held = held
         self.by_customer: dict[int, list[tuple[datetime, Held]]] = defaultdict(list)
         for (pk, window_start), value in sorted(held.items(), key=lambda kv: kv[0][1]):
             self.by_customer[pk].append((window_start, value))
@@ -286,10 +290,13 @@ class Ledger:
         cls, meter_pass: PeriodToDatePass, segment: Segment, group: list[Customer]
     ) -> "Ledger":
         ids = {c.pk: c for c in group}
-        return cls(
-            meter_pass.held_windows(segment.low, segment.high, ids),
-            cls.sent_before(meter_pass, segment, group),
+        before = sent_before(
+            meter=meter_pass.meter,
+            customer_ids=list(ids),
+            start=segment.period_start,
+            end=segment.low,
         )
+        return cls(meter_pass.held_windows(segment.low, segment.high, ids), before)
 
     def holds(self, pk: int, window_start: datetime) -> Decimal:
         """The value Stripe bills for the period as of this window: the latest sent at or
@@ -301,33 +308,27 @@ class Ledger:
             value = held.value
         return value
 
-    @staticmethod
-    def sent_before(
-        meter_pass: PeriodToDatePass, segment: Segment, group: list[Customer]
-    ) -> dict[int, Decimal]:
-        """Per customer: the value of its latest window sent in the period before the range."""
-        if segment.period_start >= segment.low:
-            return {}
-        rows = ReportedWindow.objects.filter(
-            meter=meter_pass.meter,
-            window_start__gte=segment.period_start,
-            window_start__lt=segment.low,
-        )
-        ids = [c.pk for c in group]
-        if len(ids) <= STATE_FILTER_MAX:
-            rows = rows.filter(customer_id__in=ids)
-        wanted = set(ids)
-        latest: dict[datetime, list[int]] = defaultdict(list)
-        for row in rows.values("customer_id").annotate(last=Max("window_start")).order_by():
-            if row["customer_id"] in wanted:
-                latest[row["last"]].append(row["customer_id"])
-        found: dict[int, Decimal] = {}
-        for window_start, customer_ids in latest.items():  # few: most share the latest window
-            for at in range(0, len(customer_ids), IN_LIST_MAX):
-                for pk, value in ReportedWindow.objects.filter(
-                    meter=meter_pass.meter,
-                    window_start=window_start,
-                    customer_id__in=customer_ids[at : at + IN_LIST_MAX],
-                ).values_list("customer_id", "value"):
-                    found[pk] = value
-        return found
+
+def sent_before(
+    *, meter: Meter, customer_ids: list[int], start: datetime, end: datetime
+) -> dict[int, Decimal]:
+    """Per customer: the value of its latest window sent in [start, end): for a period-to-date
+    meter, what Stripe bills for the period so far."""
+    if start >= end or not customer_ids:
+        return {}
+    rows = ReportedWindow.objects.filter(meter=meter, window_start__gte=start, window_start__lt=end)
+    if len(customer_ids) <= STATE_FILTER_MAX:
+        rows = rows.filter(customer_id__in=customer_ids)
+    wanted = set(customer_ids)
+    latest: dict[datetime, list[int]] = defaultdict(list)
+    for row in rows.values("customer_id").annotate(last=Max("window_start")).order_by():
+        if row["customer_id"] in wanted:
+            latest[row["last"]].append(row["customer_id"])
+    found: dict[int, Decimal] = {}
+    for window_start, ids in latest.items():  # few: most share the latest window
+        for at in range(0, len(ids), IN_LIST_MAX):
+            for pk, value in ReportedWindow.objects.filter(
+                meter=meter, window_start=window_start, customer_id__in=ids[at : at + IN_LIST_MAX]
+            ).values_list("customer_id", "value"):
+                found[pk] = value
+    return found

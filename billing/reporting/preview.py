@@ -1,19 +1,20 @@
 """A re-report's preview (a dry run, read back as old -> new per window) and the real run it
 confirms, queued for the worker. What was shown is what is sent, unless usage changes between."""
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Min, QuerySet
 
 from billing import clock
 from billing.models import (
     Customer,
     LogStatus,
     Meter,
-    ReportedWindow,
     ReportLog,
     ReportRun,
     RunStatus,
@@ -21,6 +22,7 @@ from billing.models import (
 )
 from billing.pricing import Amounts, PriceBook
 from billing.queue import enqueue as queue_task
+from billing.reporting.period_to_date import sent_before
 from billing.reporting.periods import ReportInputError
 from billing.reporting.runs import RunRequest, execute_run, selected, start_run
 from billing.reporting.selection import Selection
@@ -143,12 +145,12 @@ def load_preview(*, run: ReportRun) -> Preview:
         "quantity",
         "period_start",
     )
-    steps: dict[tuple[int, int, datetime], Decimal] = {}  # period-to-date: Stripe's value so far
+    steps = _steps_before(mine)  # period-to-date: Stripe's value so far, per period
     # Totals in Python: SQLite sums decimals as floats, and these are the numbers to be billed.
     for meter_id, customer_id, w_start, w_end, old, new, period in logs.iterator(chunk_size=2000):
         row = rows.get((meter_id, customer_id))
-        meter, customer = meters[meter_id], customers[customer_id]
         if row is None:
+            meter, customer = meters[meter_id], customers[customer_id]
             row = rows[(meter_id, customer_id)] = CustomerChanges(meter, customer, 0, ZERO, ZERO)
             totals.setdefault(meter_id, MeterTotals(meter)).customers += 1
         row.windows += 1
@@ -159,9 +161,7 @@ def load_preview(*, run: ReportRun) -> Preview:
             row.new_total += new
         else:  # the period's value is its latest window's: the row shows the newest change
             key = (meter_id, customer_id, period)
-            if key not in steps:
-                steps[key] = sent_before(meter=meter, customer=customer, start=period, end=w_start)
-            change.before = old if old is not None else steps[key]
+            change.before = old if old is not None else steps.get(key, ZERO)
             steps[key] = new
             row.old_total, row.new_total = change.before, new
         if shown < PREVIEW_WINDOWS_SHOWN:
@@ -190,18 +190,29 @@ def load_preview(*, run: ReportRun) -> Preview:
     )
 
 
-def sent_before(*, meter: Meter, customer: Customer, start: datetime, end: datetime) -> Decimal:
-    """The latest value sent for the customer in [start, end): what Stripe bills for a
-    period-to-date meter's period so far."""
-    latest = (
-        ReportedWindow.objects.filter(
-            meter=meter, customer=customer, window_start__gte=start, window_start__lt=end
+def _steps_before(logs: "QuerySet[ReportLog]") -> dict[tuple[int, int, datetime], Decimal]:
+    """Per (meter, customer, period start) of a dry run's period-to-date rows: what Stripe bills
+    for the period before the first window the run changes. One ledger read per distinct (meter,
+    period, first window), not per customer."""
+    firsts: dict[tuple[int, datetime, datetime], list[int]] = defaultdict(list)
+    for row in (
+        logs.exclude(period_start=None)
+        .values("meter_id", "customer_id", "period_start")
+        .annotate(first=Min("window_start"))
+        .order_by()
+    ):
+        period = row["period_start"]
+        if period is not None:
+            firsts[(row["meter_id"], period, row["first"])].append(row["customer_id"])
+    meters = Meter.objects.in_bulk({meter_id for meter_id, _, _ in firsts})
+    steps: dict[tuple[int, int, datetime], Decimal] = {}
+    for (meter_id, period, first), customer_ids in firsts.items():
+        found = sent_before(
+            meter=meters[meter_id], customer_ids=customer_ids, start=period, end=first
         )
-        .order_by("-window_start")
-        .values_list("value", flat=True)
-        .first()
-    )
-    return latest if latest is not None else ZERO
+        for customer_id, value in found.items():
+            steps[(meter_id, customer_id, period)] = value
+    return steps
 
 
 # --- the real run -----------------------------------------------------------------------------
