@@ -12,6 +12,8 @@ from django.core.management import call_command
 
 from billing.integrations.meter_events import V1Sender
 from billing.integrations.ratelimit import TokenBucket
+from billing.integrations import stripe_client
+from billing.integrations.stripe_client import account_limiter, get_client
 from billing.models import LogStatus, ReportLog, ReportRun, RunStatus
 from tests.helpers import Usage, billed, hours_ago, synced_customers, synced_meter
 
@@ -22,10 +24,13 @@ EVENTS = "/v1/billing/meter_events"
 
 @pytest.fixture
 def fresh_buckets() -> Iterator[None]:
-    """Buckets are per process and remember 429s for a while: start and leave them clean."""
+    """Buckets are per process and remember 429s for a while: start and leave them clean (the
+    cached clients hold theirs)."""
     TokenBucket._shared.clear()
+    stripe_client._build.cache_clear()
     yield
     TokenBucket._shared.clear()
+    stripe_client._build.cache_clear()
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["v1", "v2-stream"])
@@ -108,16 +113,26 @@ def flaky(errors: list[Exception]) -> Callable[[], str]:
     return call
 
 
-def test_retry_after_is_honoured_and_pauses_every_sender(fresh_buckets):
+def test_retry_after_is_honoured(fresh_buckets):
     sender = V1Sender(rate=20, backoff=0.01)
     began = time.monotonic()
     assert sender._call(flaky([rate_limited("0.3")])) == "ok"
     assert time.monotonic() - began >= 0.3
     assert sender.rate_limited == 1
-    # The bucket is shared and was slowed down: another sender of the process sees it too.
-    other = V1Sender(rate=20)
-    assert other.bucket is sender.bucket
+
+
+def test_a_429_to_any_request_slows_every_caller_of_the_account(
+    fake_stripe, settings, fresh_buckets
+):
+    """The pacing is in the HTTP client: an admin sync's 429 slows the senders too."""
+    settings.STRIPE_MAX_REQUESTS_PER_SECOND = 20
+    sender = V1Sender(rate=20)
+    assert sender.bucket.current_rate() == sender.bucket.rate
+    fake_stripe.rate_limit_next(1)
+    with pytest.raises(stripe.RateLimitError):
+        get_client(max_network_retries=0).v1.customers.list()
     assert sender.bucket.current_rate() < sender.bucket.rate
+    assert account_limiter(rate=20) is sender.bucket
 
 
 def test_429s_have_their_own_time_budget(fresh_buckets):

@@ -30,6 +30,11 @@ THROTTLE_FLOOR = 0.05  # share of the full refill the bucket never goes below
 RECOVERY_SECONDS = 60.0  # from zero back to the full refill, growing linearly
 
 
+def refill_rate(rate: float, jitter: float) -> float:
+    """The refill that keeps any one second of arrivals at or under `rate` (see above)."""
+    return (rate - 1.0) / (1 + jitter) if rate > 2 else rate / 2
+
+
 class TokenBucket:
     _shared: ClassVar[dict[float, "TokenBucket"]] = {}
     _shared_lock: ClassVar[threading.Lock] = threading.Lock()
@@ -38,8 +43,7 @@ class TokenBucket:
         if rate <= 0:
             raise ValueError("The rate must be positive.")
         self.limit = rate
-        self.capacity = 1.0
-        self.rate = (rate - self.capacity) / (1 + jitter) if rate > 2 else rate / 2
+        self.rate = refill_rate(rate, jitter)
         self._next = time.monotonic()
         self._lock = threading.Lock()
         self._reduced = self.rate  # the refill right after the last throttle()

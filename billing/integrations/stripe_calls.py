@@ -1,6 +1,7 @@
-"""The rate-limited, retrying way to call Stripe, shared by the meter event senders and the
-reconciliation's summary readers: one token bucket per process (ratelimit.py), 429s and 5xx
-retried with backoff, and a pool that works a bounded distance ahead of its caller."""
+"""The retrying way to call Stripe, shared by the meter event senders and the reconciliation's
+summary readers: 429s and 5xx retried with backoff, and a pool that works a bounded distance
+ahead of its caller. Every request is paced by the account's limiter in the HTTP client
+(stripe_client.py), whoever makes it."""
 
 import functools
 import queue
@@ -14,16 +15,14 @@ from typing import Any, TypeVar
 import stripe
 from django.conf import settings
 
-from billing.integrations.ratelimit import TokenBucket
-from billing.integrations.stripe_client import get_client
+from billing.integrations.stripe_client import account_limiter, get_client
 from billing.integrations.stripe_errors import retryable
 
 # How far the senders work ahead of the caller: seconds of sending at the full rate, capped in
 # events so that memory stays bounded whatever the rate.
 LOOKAHEAD_SECONDS = 10.0
 MAX_PENDING_EVENTS = 10_000
-RATE_LIMITED_PAUSE = 0.1  # seconds every sender waits after a 429 without Retry-After
-MAX_RETRY_AFTER_PAUSE = 30.0  # seconds: the longest Retry-After the whole process honours
+MAX_RETRY_AFTER_WAIT = 30.0  # seconds: the longest Retry-After a retry waits for
 # A 429 is not a failure of the event: Stripe did not process it. Rate-limited tries do not use
 # up STRIPE_SEND_MAX_ATTEMPTS; they have their own budget, in time from the event's first 429,
 # long enough to outlast any storm the adaptive bucket (ratelimit.py) has not already calmed.
@@ -34,7 +33,7 @@ R = TypeVar("R")
 
 
 class StripeCaller:
-    """Calls Stripe through the process's token bucket, retrying what can be retried, and runs
+    """Calls Stripe, retrying what can be retried, and runs
     work concurrently on a pool: what meter event senders and summary readers share."""
 
     events_per_job = 1
@@ -49,7 +48,7 @@ class StripeCaller:
         rate_limit_budget: float = RATE_LIMIT_BUDGET_SECONDS,
     ) -> None:
         self.rate = rate or settings.STRIPE_MAX_REQUESTS_PER_SECOND
-        self.bucket = TokenBucket.shared(self.rate)  # one budget for the whole process
+        self.bucket = account_limiter(rate=self.rate)  # the client's: one budget for all
         self.max_attempts = max_attempts or settings.STRIPE_SEND_MAX_ATTEMPTS
         self.backoff = settings.STRIPE_RETRY_BACKOFF_SECONDS if backoff is None else backoff
         self.concurrency = concurrency or settings.STRIPE_SEND_CONCURRENCY
@@ -62,21 +61,20 @@ class StripeCaller:
     def client(self) -> stripe.StripeClient:
         """Built on first use (the summaries reader never needs one); retries go through the
         bucket, not stripe-python."""
-        return get_client(max_network_retries=0)
+        return get_client(max_network_retries=0, rate=self.rate)
 
     def _call(self, func: Callable[[], T]) -> T:
-        """Call Stripe through the bucket, retrying what can be retried. Raises the last error.
+        """Call Stripe, retrying what can be retried. Raises the last error.
 
         5xx, 409 and connection errors: up to `max_attempts` tries, exponential backoff. 429s:
         retried with exponential backoff and jitter (at least Retry-After) until
-        `rate_limit_budget` seconds after the first one, without using up those tries; each
-        also slows the whole process (bucket.throttle, bucket.pause).
+        `rate_limit_budget` seconds after the first one, without using up those tries (the HTTP
+        client has already slowed every caller of the account).
         """
         failures = 0  # tries that failed for a reason other than a rate limit
         limited = 0
         limited_since = 0.0
         while True:
-            self.bucket.acquire()
             with self._count_lock:
                 self.requests += 1
             try:
@@ -93,16 +91,11 @@ class StripeCaller:
                         limited_since = time.monotonic()
                     elif time.monotonic() - limited_since >= self.rate_limit_budget:
                         raise
-                    # Too fast for Stripe: slow every sender of the process, not only this one,
-                    # or the others run into the same limit.
-                    self.bucket.throttle()
                     backoff = min(RATE_LIMIT_MAX_DELAY, self.backoff * 2 ** min(limited - 1, 16))
                     if retry.retry_after is not None:
-                        wait = min(retry.retry_after, MAX_RETRY_AFTER_PAUSE)
-                        self.bucket.pause(wait)
+                        wait = min(retry.retry_after, MAX_RETRY_AFTER_WAIT)
                         time.sleep(wait + backoff * random.random())  # never before Retry-After
                     else:
-                        self.bucket.pause(min(backoff, RATE_LIMITED_PAUSE))
                         time.sleep(backoff * (0.5 + random.random()))  # jitter spreads a storm
                     continue
                 failures += 1

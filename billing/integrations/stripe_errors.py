@@ -32,7 +32,7 @@ def retryable(exc: stripe.StripeError) -> Retry | None:
     errors are retried."""
     headers = exc.headers or {}
     status = exc.http_status or 0
-    retry_after = _retry_after(_header(headers, "retry-after"))
+    retry_after = parse_retry_after(_header(headers, "retry-after"))
     if status == 429:
         return Retry("Stripe answered 429 (rate limited)", retry_after, rate_limited=True)
     should_retry = str(_header(headers, "stripe-should-retry") or "").lower()
@@ -53,7 +53,7 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return value
 
 
-def _retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None) -> float | None:
     """`Retry-After` in seconds (Stripe sends a number); None when absent or unreadable."""
     try:
         seconds = float(value) if value is not None else None
