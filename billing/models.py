@@ -452,6 +452,9 @@ class ReportRun(models.Model):
     started_at = models.DateTimeField(default=clock.now, editable=False, db_index=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
+    # A scheduled run: the schedule slot it reports for. Unique, so that two clusters starting
+    # the same slot make one run.
+    scheduled_for = models.DateTimeField(null=True, blank=True, unique=True, editable=False)
 
     class Meta:
         ordering = ["-started_at", "-pk"]
@@ -459,6 +462,34 @@ class ReportRun(models.Model):
 
     def __str__(self) -> str:
         return f"Run #{self.pk} ({self.trigger}, {self.status})"
+
+
+class RunPart(models.Model):
+    """A piece of a run that one worker does: a meter (or one shard of its customers), or the
+    run's preparation (meter empty). The run's counters add up its parts; the run ends when its
+    last part does."""
+
+    run = models.ForeignKey(ReportRun, on_delete=models.CASCADE, related_name="parts")
+    meter = models.ForeignKey(Meter, null=True, blank=True, on_delete=models.CASCADE)
+    shard = models.PositiveSmallIntegerField(default=0)
+    shards = models.PositiveSmallIntegerField(default=1)
+    windows_checked = models.PositiveIntegerField(default=0)
+    events_sent = models.PositiveIntegerField(default=0)
+    events_unchanged = models.PositiveIntegerField(default=0)
+    events_failed = models.PositiveIntegerField(default=0)
+    rate_limited = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    worker = models.CharField(max_length=200, blank=True, help_text="host:pid that did it")
+    created_at = models.DateTimeField(default=clock.now, editable=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        ordering = ["run", "pk"]
+
+    def __str__(self) -> str:
+        what = self.meter.openmeter_slug if self.meter_id and self.meter else "preparation"
+        return f"Run #{self.run_id} part {what} {self.shard + 1}/{self.shards}"
 
 
 class LogStatus(models.TextChoices):

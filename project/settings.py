@@ -165,6 +165,9 @@ REPORT_SCHEDULE_CRON = env.str("REPORT_SCHEDULE_CRON", default="5 * * * *")
 REPORT_LOOKBACK_HOURS = env.int("REPORT_LOOKBACK_HOURS", default=48)
 # How long a run waits for another run that holds a meter before skipping that meter.
 REPORT_LOCK_WAIT_SECONDS = env.float("REPORT_LOCK_WAIT_SECONDS", default=60)
+# A run is split into parts, one per meter, that any worker may take; a meter with more active
+# customers than this is split further into shards of at most this many (up to 16 shards).
+REPORT_SHARD_CUSTOMERS = env.int("REPORT_SHARD_CUSTOMERS", default=1000)
 
 # --- Reading back what Stripe bills -------------------------------------------------------
 # STRIPE_WEBHOOK_SECRET (above) holds Stripe's signing secrets, comma-separated: one per webhook
@@ -179,7 +182,8 @@ REDIS_URL = env.str("REDIS_URL", default="") or None
 REPORT_TASK_TIMEOUT = env.int("REPORT_TASK_TIMEOUT", default=50 * 60)
 
 Q_CLUSTER: dict[str, object] = {
-    "name": "meterbridge",
+    # Every process of one site shares the name (it names the Redis queue and signs tasks).
+    "name": env.str("Q_CLUSTER_NAME", default="meterbridge"),
     "workers": env.int("Q_WORKERS", default=2),
     # A report may take long: it must not be handed to a second worker while the first still
     # works on it (retry > timeout), and a failed task is not retried forever.

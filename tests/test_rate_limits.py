@@ -10,9 +10,9 @@ import pytest
 import stripe
 from django.core.management import call_command
 
+from billing.integrations import stripe_client
 from billing.integrations.meter_events import V1Sender
 from billing.integrations.ratelimit import TokenBucket
-from billing.integrations import stripe_client
 from billing.integrations.stripe_client import account_limiter, get_client
 from billing.models import LogStatus, ReportLog, ReportRun, RunStatus
 from tests.helpers import Usage, billed, hours_ago, synced_customers, synced_meter

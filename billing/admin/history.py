@@ -17,9 +17,10 @@ from django.utils.text import Truncator
 
 from billing import clock
 from billing.admin.base import ReadOnlyAdmin, RereportPermissionMixin
+from billing.admin.generic import TabularInline
 from billing.admin.views import action_fields, rereport_page, run_action_fields
 from billing.formatting import quantity, utc_minute
-from billing.models import ReportRun, RunStatus
+from billing.models import ReportRun, RunPart, RunStatus
 from billing.reporting.selection import select_like_run
 from billing.reporting.summary import value_changes
 from billing.stripe_rejections import rejections
@@ -52,6 +53,41 @@ def run_progress(run: ReportRun) -> dict[str, Any]:
     }
 
 
+class RunPartInline(TabularInline):
+    """Which process did which part of the run (a meter, or a shard of its customers), when."""
+
+    model = RunPart
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = (
+        "what",
+        "worker",
+        "started_at",
+        "finished_at",
+        "events_sent",
+        "events_unchanged",
+        "events_failed",
+        "error",
+    )
+    verbose_name_plural = "Parts (each done by one worker)"
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="Part")
+    def what(self, obj: RunPart) -> str:
+        if obj.meter is None:
+            return "preparation"
+        shard = f", customers shard {obj.shard + 1} of {obj.shards}" if obj.shards > 1 else ""
+        return f"{obj.meter.openmeter_slug}{shard}"
+
+
 @admin.register(ReportRun)
 class ReportRunAdmin(RereportPermissionMixin, ReadOnlyAdmin):
     list_display = [
@@ -69,6 +105,7 @@ class ReportRunAdmin(RereportPermissionMixin, ReadOnlyAdmin):
     date_hierarchy = "started_at"
     actions = ["report_again"]
     rereport_actions = ("report_again",)
+    inlines = [RunPartInline]
     fields = readonly_fields = (
         "trigger",
         "requested_by",

@@ -23,7 +23,6 @@ from typing import ClassVar
 import redis
 
 from billing.integrations.ratelimit import (
-    JITTER_ALLOWANCE,
     LATE_WAKEUP,
     RECOVERY_SECONDS,
     THROTTLE_FACTOR,
@@ -36,6 +35,9 @@ from billing.integrations.ratelimit import (
 logger = logging.getLogger(__name__)
 
 KEY_TTL_SECONDS = 3600  # an idle account's state goes away; a fresh one starts with no debt
+# Calls of several processes (machines) spread more between their slot and their arrival at
+# Stripe than one process's: each has its own scheduler, GIL and network path.
+SHARED_JITTER_ALLOWANCE = 0.1
 
 # The refill now: the full one, or (after a 429) the reduced one growing back linearly.
 _CURRENT = """
@@ -108,7 +110,7 @@ class RedisBucket:
     _shared_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(
-        self, *, url: str, key: str, rate: float, jitter: float = JITTER_ALLOWANCE
+        self, *, url: str, key: str, rate: float, jitter: float = SHARED_JITTER_ALLOWANCE
     ) -> None:
         if rate <= 0:
             raise ValueError("The rate must be positive.")

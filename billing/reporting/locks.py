@@ -1,4 +1,9 @@
-"""One reporter per meter at a time, across processes, released even when a process is killed.
+"""One reporter per meter and customer at a time, across processes and machines, released even
+when a process is killed.
+
+A meter has LOCK_SLOTS locks; a customer belongs to slot `pk % LOCK_SLOTS`. A run part takes the
+slots of the customers it reports (a whole meter: all of them, in order), so shards of one meter
+work side by side, while two runs reporting the same customer on the same meter never do.
 
 PostgreSQL: a session advisory lock (dropped with the connection). SQLite: an flock on a file
 named for the database (dropped with the process), in a private directory (mode 0700, ours, not a
@@ -15,7 +20,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import IO
 
@@ -24,6 +29,8 @@ from django.db import connection
 logger = logging.getLogger(__name__)
 
 _ADVISORY_NAMESPACE = 0x4D42  # "MB": keeps our advisory lock ids apart from other apps'
+LOCK_SLOTS = 16
+ALL_SLOTS = tuple(range(LOCK_SLOTS))
 
 
 LOCK_DIR_NAME = ".meterbridge-locks"
@@ -73,18 +80,30 @@ def lock_directory(database: str) -> str:
     )
 
 
-def _lock_path(meter_id: int) -> str:
+def slot_of(customer_id: int) -> int:
+    return customer_id % LOCK_SLOTS
+
+
+def _lock_path(meter_id: int, slot: int = 0) -> str:
     database = str(connection.settings_dict["NAME"])
     tag = hashlib.sha256(database.encode()).hexdigest()[:16]
-    return os.path.join(lock_directory(database), f"meterbridge-{tag}-meter-{meter_id}.lock")
+    name = f"meterbridge-{tag}-meter-{meter_id}-{slot}.lock"
+    return os.path.join(lock_directory(database), name)
 
 
-def _try_acquire(meter_id: int) -> IO[str] | bool:
+def _advisory_id(meter_id: int, slot: int) -> int:
+    return meter_id * LOCK_SLOTS + slot
+
+
+def _try_acquire(meter_id: int, slot: int) -> IO[str] | bool:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_ADVISORY_NAMESPACE, meter_id])
+            cursor.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)",
+                [_ADVISORY_NAMESPACE, _advisory_id(meter_id, slot)],
+            )
             return bool(cursor.fetchone()[0])
-    fd = os.open(_lock_path(meter_id), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    fd = os.open(_lock_path(meter_id, slot), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     handle = os.fdopen(fd, "a")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -94,27 +113,37 @@ def _try_acquire(meter_id: int) -> IO[str] | bool:
     return handle
 
 
-def _release(meter_id: int, held: IO[str] | bool) -> None:
+def _release(meter_id: int, slot: int, held: IO[str] | bool) -> None:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [_ADVISORY_NAMESPACE, meter_id])
+            cursor.execute(
+                "SELECT pg_advisory_unlock(%s, %s)",
+                [_ADVISORY_NAMESPACE, _advisory_id(meter_id, slot)],
+            )
     elif not isinstance(held, bool):
         fcntl.flock(held, fcntl.LOCK_UN)
         held.close()
 
 
 @contextmanager
-def meter_lock(meter_id: int, *, wait: float) -> Iterator[bool]:
-    """Yield True while this process holds the meter, False if another run kept it for `wait` s."""
+def meter_lock(meter_id: int, *, wait: float, slots: Iterable[int] = ALL_SLOTS) -> Iterator[bool]:
+    """Yield True while this process holds the meter's `slots`, False if another run kept one
+    of them for `wait` s. Slots are taken in order, so two takers never wait for each other."""
     deadline = time.monotonic() + wait
-    held = _try_acquire(meter_id)
-    while not held and time.monotonic() < deadline:
-        time.sleep(0.2)
-        held = _try_acquire(meter_id)
-    if not held:
-        yield False
-        return
+    taken: list[tuple[int, IO[str] | bool]] = []
     try:
-        yield True
+        for slot in sorted(set(slots)):
+            held = _try_acquire(meter_id, slot)
+            while not held and time.monotonic() < deadline:
+                time.sleep(0.2)
+                held = _try_acquire(meter_id, slot)
+            if not held:
+                break
+            taken.append((slot, held))
+        else:
+            yield True
+            return
+        yield False
     finally:
-        _release(meter_id, held)
+        for slot, held in reversed(taken):
+            _release(meter_id, slot, held)

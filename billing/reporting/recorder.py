@@ -153,7 +153,7 @@ class Recorder:
             now = self.db.moment(clock.now())
             self.db.insert(ReportLog, LOG_FIELDS, [(*row, now) for row in self.logs])
             self.write_states()
-            self.tally.save_to(self.run)
+            self.tally.save()
         self.logs, self.states = [], []
         logger.info(
             "Run %s: %d sent, %d unchanged, %d failed so far",

@@ -1,13 +1,15 @@
-"""A run's life: start (check the request, create the ReportRun), execute (each meter under its
-lock), finish (status and errors), and closing runs whose worker died."""
+"""A run's life: start (check the request, create the ReportRun), prepare it (moves followed,
+what may be billed, its parts), do each part (a meter or a shard of its customers, under their
+locks), and closing runs whose worker died. The run ends with its last part (parts.py)."""
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.db import IntegrityError, transaction
 
 from billing import aggregations, clock, subjects, windows
 from billing.closing.corrections import CorrectionCollector
@@ -19,14 +21,17 @@ from billing.models import (
     Meter,
     ReportRun,
     RunMode,
+    RunPart,
     RunStatus,
     SubjectMove,
     Trigger,
 )
 from billing.openmeter_attribution import Followed, follow_openmeter
+from billing.queue import enqueue
 from billing.redaction import redact
+from billing.reporting import parts
 from billing.reporting.detect import MeterPass
-from billing.reporting.locks import meter_lock
+from billing.reporting.locks import meter_lock, slot_of
 from billing.reporting.period_to_date import PeriodToDatePass
 from billing.reporting.periods import (
     ReportInputError,
@@ -56,6 +61,11 @@ class RunRequest:
     reason: str = ""  # why it was asked for: required for a re-report from the admin
     # A dry run that previews subject moves: {subject: customer pk or None} as if saved.
     assumed_subjects: Mapping[str, int | None] | None = None
+    scheduled_for: datetime | None = None  # the schedule slot of a scheduled run (one run each)
+
+
+class RunAlreadyStarted(Exception):
+    """Another cluster started the run of this schedule slot already."""
 
 
 def start_run(request: RunRequest, *, now: datetime | None = None) -> ReportRun:
@@ -68,7 +78,7 @@ def start_run(request: RunRequest, *, now: datetime | None = None) -> ReportRun:
     meters, customers = request.meters, request.customers
     chosen = list(meters) if meters else list(Meter.objects.filter(active=True))
     coverage = plan_coverage(start=request.start, end=request.end, meters=chosen, now=now)
-    return ReportRun.objects.create(
+    fields = dict(
         trigger=request.trigger,
         requested_by=request.requested_by,
         reason=request.reason,
@@ -79,38 +89,108 @@ def start_run(request: RunRequest, *, now: datetime | None = None) -> ReportRun:
         meter_slugs=[m.openmeter_slug for m in meters] if meters else [],
         customer_subjects=[c.openmeter_subject for c in customers] if customers else [],
         assumed_subjects=dict(request.assumed_subjects or {}),
+        scheduled_for=request.scheduled_for,
     )
+    try:
+        with transaction.atomic():
+            return ReportRun.objects.create(**fields)
+    except IntegrityError:
+        if request.scheduled_for is None:
+            raise
+        raise RunAlreadyStarted(f"The run scheduled for {request.scheduled_for} exists.") from None
 
 
-def execute_run(run: ReportRun, *, follow: bool = True) -> ReportRun:
+def execute_run(run: ReportRun, *, follow: bool = True, fan_out: bool = False) -> ReportRun:
     """Report what the run covers. Never raises for a Stripe or OpenMeter failure: it is
     recorded on the run. A run that sends first takes up subject moves made in OpenMeter,
-    unless `follow` is False (its caller has just done so)."""
-    tally = Tally()
+    unless `follow` is False (its caller has just done so).
+
+    The run is prepared here (moves followed, what may be billed, its parts planned); its parts
+    are then done here one after the other, or with `fan_out` queued as tasks that any worker
+    takes. The run ends when its last part does."""
+    preparation = parts.begin_preparation(run)
+    if preparation is None:
+        logger.warning("Report run %s was prepared already; not preparing it twice.", run.pk)
+        run.refresh_from_db()
+        return run
+    tally = Tally(part=preparation)
+    planned: list[RunPart] = []
     try:
         if follow and not run.dry_run:
             _follow_openmeter(run, tally)
-        meters, customers = _reportable(run, tally)
-        with OpenMeterClient.from_settings() as openmeter:
-            for meter in meters:
-                start, end = meter_range(run=run, meter=meter)
-                _report_meter(
-                    run=run,
-                    meter=meter,
-                    pass_fields={
-                        "start": start,
-                        "end": end,
-                        "customers": customers,
-                        "filtered": bool(run.customer_subjects),
-                        "openmeter": openmeter,
-                        "tally": tally,
-                    },
-                )
+        meters = _reportable_meters(run, tally)
+        customers = _reportable_customers(run, tally)
+        planned = parts.plan(
+            run=run, meters=meters, customers=len({c.pk for c in customers.values()})
+        )
     except Exception as exc:  # the run must end with a status, whatever happened
         logger.exception("Report run %s crashed", run.pk)
         tally.errors.append(f"Unexpected error: {redact(str(exc))}")
-    _finish(run, tally)
+    parts.end(preparation, tally)
+    for part in planned:
+        if fan_out:
+            _enqueue_part(part)
+        else:
+            execute_part(part)
+    run.refresh_from_db()
     return run
+
+
+def _enqueue_part(part: RunPart) -> None:
+    try:
+        enqueue(
+            "billing.tasks.execute_run_part",
+            part.pk,
+            task_name=f"report-run-{part.run_id}-part-{part.pk}",
+            group="report",
+        )
+    except Exception as exc:  # the broker is down: the part ends failed, the run can end
+        logger.exception("Run part %s could not be queued", part.pk)
+        parts.end(part, Tally(part=part, errors=[f"Could not be queued: {redact(str(exc))}"]))
+
+
+def execute_part(part: RunPart) -> None:
+    """Do one part of a run: a meter, or one shard of its customers. Ends the part (and the run,
+    if it was the last) whatever happens."""
+    if not parts.start(part):
+        logger.warning("Run part %s already ended; not doing it twice.", part.pk)
+        return
+    run, meter = part.run, part.meter
+    tally = Tally(part=part)
+    try:
+        assert meter is not None, "the preparation is not a part to execute"
+        everyone = _reportable_customers(run, Tally())  # what was skipped is the preparation's
+        start, end = meter_range(run=run, meter=meter)
+        with OpenMeterClient.from_settings() as openmeter:
+            _report_meter(
+                run=run,
+                meter=meter,
+                pass_fields={
+                    "start": start,
+                    "end": end,
+                    "customers": parts.shard_of(everyone, part),
+                    "filtered": bool(run.customer_subjects) or part.shards > 1,
+                    "openmeter": openmeter,
+                    "tally": tally,
+                },
+            )
+            if part.shards > 1 and part.shard == 0 and not run.customer_subjects:
+                # Shards compare their own customers only: one of them counts the meter's usage
+                # under subjects of no customer.
+                whole = MeterPass(
+                    meter=meter,
+                    start=start,
+                    end=end,
+                    customers=everyone,
+                    filtered=False,
+                    openmeter=openmeter,
+                    tally=tally,
+                )
+                whole.count_unmapped(whole.range_totals(start, end, []))
+    except Exception as exc:  # the part must end, whatever happened
+        logger.exception("Report run %s, part %s crashed", run.pk, part.pk)
+        tally.errors.append(f"Unexpected error: {redact(str(exc))}")
+    parts.end(part, tally)
 
 
 def _follow_openmeter(run: ReportRun, tally: Tally) -> None:
@@ -165,29 +245,34 @@ def report_usage(*, now: datetime | None = None, **request: Any) -> ReportRun:
     return execute_run(start_run(RunRequest(**request), now=now))
 
 
-def _reportable(run: ReportRun, tally: Tally) -> tuple[list[Meter], dict[str, Customer]]:
-    """The run's meters and customers that may be billed; the others are errors on the run."""
+def _reportable_meters(run: ReportRun, tally: Tally) -> list[Meter]:
+    """The run's meters that may be billed; the others are errors on the run."""
     meters = Meter.objects.filter(active=True)
     if run.meter_slugs:
         meters = Meter.objects.filter(openmeter_slug__in=run.meter_slugs)
-    customers = Customer.objects.filter(active=True)
-    if run.customer_subjects:
-        customers = customers.filter(openmeter_subject__in=run.customer_subjects)
-    usable_meters = []
+    usable = []
     for meter in meters.order_by("pk"):
         reason = meter.reportable_reason()
         if reason is None:
-            usable_meters.append(meter)
+            usable.append(meter)
         else:
             tally.errors.append(f"Meter '{meter.openmeter_slug}' skipped: {reason}.")
-    usable_customers = []
+    return usable
+
+
+def _reportable_customers(run: ReportRun, tally: Tally) -> dict[str, Customer]:
+    """The run's customers that may be billed, by subject; the others are errors on the run."""
+    customers = Customer.objects.filter(active=True)
+    if run.customer_subjects:
+        customers = customers.filter(openmeter_subject__in=run.customer_subjects)
+    usable = []
     for customer in customers:
         reason = customer.reportable_reason()
         if reason is None:
-            usable_customers.append(customer)
+            usable.append(customer)
         else:
             tally.errors.append(f"Customer '{customer.openmeter_subject}' skipped: {reason}.")
-    return usable_meters, subjects.owners(usable_customers, assumed=run.assumed_subjects)
+    return subjects.owners(usable, assumed=run.assumed_subjects)
 
 
 def _report_meter(*, run: ReportRun, meter: Meter, pass_fields: dict[str, Any]) -> None:
@@ -224,7 +309,8 @@ def _report_meter(*, run: ReportRun, meter: Meter, pass_fields: dict[str, Any]) 
     if run.dry_run:
         _compare_and_send(run=run, meter_pass=meter_pass)
         return
-    with meter_lock(meter.pk, wait=settings.REPORT_LOCK_WAIT_SECONDS) as held:
+    slots = {slot_of(customer.pk) for customer in meter_pass.everyone}
+    with meter_lock(meter.pk, wait=settings.REPORT_LOCK_WAIT_SECONDS, slots=slots) as held:
         if not held:
             message = (
                 f"Meter '{meter.openmeter_slug}' skipped: another run is reporting it right now; "
@@ -260,42 +346,12 @@ def _compare_and_send(*, run: ReportRun, meter_pass: MeterPass) -> None:
     corrections.save()
 
 
-def _finish(run: ReportRun, tally: Tally) -> None:
-    tally.save_to(run)
-    tally.save_unmapped(run)
-    if tally.events_failed:
-        tally.errors.append(
-            f"{tally.events_failed} window(s) could not be sent; see the report log. "
-            "The next run sends them again."
-        )
-    if not tally.errors:
-        run.status = RunStatus.SUCCEEDED
-    elif tally.events_sent == 0:
-        run.status = RunStatus.FAILED
-    else:
-        run.status = RunStatus.PARTIAL
-    run.error = "\n".join(tally.errors)
-    run.finished_at = clock.now()
-    ReportRun.objects.filter(pk=run.pk).update(
-        status=run.status, error=run.error, finished_at=run.finished_at
-    )
-
-
 def fail_abandoned_runs() -> int:
-    """Close runs still 'running' past the task timeout: their worker died or never started.
+    """Close runs still 'running' past the task timeout: a part's worker died, or never started.
 
     Their sends are safe to repeat (identifiers), so the message asks for the period again.
     """
-    now = clock.now()
-    limit = now - timedelta(seconds=settings.REPORT_TASK_TIMEOUT + 10 * 60)
-    return ReportRun.objects.filter(
-        status=RunStatus.RUNNING, finished_at__isnull=True, started_at__lt=limit
-    ).update(
-        status=RunStatus.FAILED,
-        finished_at=now,
-        error="The run stopped before it finished (its worker was killed, timed out or never "
-        "started). What it sent is recorded; report the period again to complete it.",
-    )
+    return parts.fail_abandoned(older_than=settings.REPORT_TASK_TIMEOUT + 10 * 60)
 
 
 def selected(

@@ -1,14 +1,21 @@
-"""A run's counters while it works, written to its ReportRun row as it goes."""
+"""A run part's counters while it works, written to its RunPart row as it goes, and the run's
+sums of them (the run page polls the run)."""
 
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from billing.models import ReportRun, UnmappedUsage
+from django.db.models import IntegerField, OuterRef, Subquery, Sum
+from django.db.models.functions import Coalesce
+
+from billing.models import ReportRun, RunPart, UnmappedUsage
 from billing.reporting.values import quantize
+
+COUNTERS = ("windows_checked", "events_sent", "events_unchanged", "events_failed", "rate_limited")
 
 
 @dataclass
 class Tally:
+    part: RunPart | None = None  # where the counters are written; None: kept in memory only
     windows_checked: int = 0
     events_sent: int = 0
     events_unchanged: int = 0
@@ -21,24 +28,53 @@ class Tally:
         key = (meter_id, subject)
         self.unmapped[key] = self.unmapped.get(key, Decimal(0)) + value
 
-    def save_to(self, run: ReportRun) -> None:
-        """Copy the counters onto `run` and its row (an UPDATE: the run page polls it)."""
-        counters = {
-            "windows_checked": self.windows_checked,
-            "events_sent": self.events_sent,
-            "events_unchanged": self.events_unchanged,
-            "events_failed": self.events_failed,
-            "rate_limited": self.rate_limited,
-            "unmapped_subjects": len({subject for _, subject in self.unmapped}),
-            "unmapped_quantity": quantize(sum(self.unmapped.values(), Decimal(0))),
-        }
-        for name, value in counters.items():
-            setattr(run, name, value)
-        ReportRun.objects.filter(pk=run.pk).update(**counters)
+    def save(self) -> None:
+        """Write the counters to the part's row, and the run's sums to the run's."""
+        if self.part is None:
+            return
+        counters = {name: getattr(self, name) for name in COUNTERS}
+        RunPart.objects.filter(pk=self.part.pk).update(**counters)
+        sum_parts(run_id=self.part.run_id)
 
-    def save_unmapped(self, run: ReportRun) -> None:
+    def save_unmapped(self) -> None:
         """Keep which subjects had usage but no customer, per meter (the dashboard lists them)."""
+        if self.part is None:
+            return
         UnmappedUsage.objects.bulk_create(
-            UnmappedUsage(run=run, meter_id=meter_id, subject=subject, quantity=quantize(value))
+            UnmappedUsage(
+                run_id=self.part.run_id,
+                meter_id=meter_id,
+                subject=subject,
+                quantity=quantize(value),
+            )
             for (meter_id, subject), value in self.unmapped.items()
         )
+
+
+def sum_parts(*, run_id: int) -> None:
+    """Set the run's counters to the sums over its parts, in one statement (parts of other
+    processes write theirs concurrently)."""
+    sums = {
+        name: Coalesce(
+            Subquery(
+                RunPart.objects.filter(run=OuterRef("pk"))
+                .values("run")
+                .annotate(total=Sum(name))
+                .values("total"),
+                output_field=IntegerField(),
+            ),
+            0,
+        )
+        for name in COUNTERS
+    }
+    ReportRun.objects.filter(pk=run_id).update(**sums)
+
+
+def sum_unmapped(run: ReportRun) -> None:
+    """The run's unmapped counters from the UnmappedUsage rows its parts kept."""
+    rows = UnmappedUsage.objects.filter(run=run)
+    run.unmapped_subjects = rows.values("subject").distinct().count()
+    run.unmapped_quantity = quantize(rows.aggregate(total=Sum("quantity"))["total"] or Decimal(0))
+    ReportRun.objects.filter(pk=run.pk).update(
+        unmapped_subjects=run.unmapped_subjects, unmapped_quantity=run.unmapped_quantity
+    )
