@@ -17,8 +17,9 @@ cpu    no limit and no added latency (the app's limit set far above what the fak
        what the processes can send together when only CPU bounds them.
 
 Printed per scenario and number of processes: events, seconds from the run's start to its end,
-events/s, the busiest second at the fake, 429s, parts done by each process, peak RSS of each
-worker process, and whether the fake Stripe holds exactly OpenMeter's values for that hour.
+events/s over that time and over the sending (first event to last), the busiest second at the
+fake, 429s, parts done by each process, peak RSS of each worker process, and whether the fake
+Stripe holds exactly OpenMeter's values for that hour.
 """
 
 from __future__ import annotations
@@ -149,7 +150,9 @@ def report_hour(bench: Bench, hour: int, clusters: Clusters) -> dict[str, Any]:
     workers = Counter(
         RunPart.objects.filter(run=run, meter__isnull=False).values_list("worker", flat=True)
     )
+    first, last, requests = stats["first_event"], stats["last_event"], stats["event_requests"]
     return {
+        "sending": (requests - 1) / (last - first) if requests > 1 and last > first else 0.0,
         "status": run.status,
         "events": run.events_sent,
         "seconds": seconds,
@@ -206,11 +209,14 @@ def main(argv: list[str] | None = None) -> int:
                         clusters.stop()
                     hour += 1
                     ok = ok and "OK" in result["billed"] and result["429"] == 0
-                    share = f" ({result['per_s'] / args.rate:.1%} of the limit)" if limited else ""
+                    share = (
+                        f" = {result['sending'] / args.rate:.1%} of the limit" if limited else ""
+                    )
                     print(
                         f"{scenario:4} {count} process(es): {result['events']:,} events in "
-                        f"{result['seconds']:.1f} s = {result['per_s']:.0f}/s{share}"
-                        f", busiest second {result['busiest']}, 429s {result['429']}, "
+                        f"{result['seconds']:.1f} s = {result['per_s']:.0f}/s from the run's start "
+                        f"to its end; {result['sending']:.0f}/s from the first event to the last"
+                        f"{share}, busiest second {result['busiest']}, 429s {result['429']}, "
                         f"parts per process {result['parts']}, peak RSS per process "
                         f"{', '.join(f'{mb:.0f}' for mb in result['rss'])} MB; {result['status']}; "
                         f"{result['billed']}",

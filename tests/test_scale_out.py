@@ -1,10 +1,11 @@
 """Several workers, one account: three `qcluster` processes on PostgreSQL and Redis share one
-scheduled run of several meters (split into shards) and one Stripe rate limit.
+scheduled run of several meters (split into shards) and one Stripe rate limit; one `qcluster`
+with the ORM broker (no Redis) does the same run alone, as before the run was split.
 
 The fake Stripe refuses with 429 whatever goes beyond the configured rate in any second; every
 window must end up exact, none sent twice, the busiest second at or under the limit, at least 80 %
-of it sustained, and the run's parts done by more than one process. Two tasks for the same
-schedule slot (two clusters starting it) make one run.
+of it sustained, and the run's parts done by more than one process when there are several. Two
+tasks for the same schedule slot (two clusters starting it) make one run.
 """
 
 import os
@@ -44,7 +45,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def postgres_and_redis() -> None:
+def redis_url() -> str:
     if connection.vendor != "postgresql":
         pytest.skip("needs PostgreSQL: runs in the PostgreSQL pass of .ci/run")
     import redis
@@ -53,19 +54,24 @@ def postgres_and_redis() -> None:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
     except redis.RedisError:
         skip_or_fail("Redis is not running on 127.0.0.1:6379")
+    return REDIS_URL
 
 
-def cluster_env(fake_stripe, fake_openmeter, name: str) -> dict[str, str]:
+def database_url() -> str:
     db = connection.settings_dict
-    return {
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    host, port = db["HOST"] or "127.0.0.1", db["PORT"] or 5432
+    return f"postgres://{db['USER']}@{host}:{port}/{db['NAME']}"
+
+
+def cluster_env(fake_stripe, fake_openmeter, redis_url: str | None) -> dict[str, str]:
+    env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "project.settings",
         "DEBUG": "true",
-        "DATABASE_URL": (
-            f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-        ),
-        "REDIS_URL": REDIS_URL,
-        "Q_CLUSTER_NAME": name,
+        "DATABASE_URL": database_url(),
+        "Q_CLUSTER_NAME": f"meterbridge-test-{uuid.uuid4().hex[:8]}",
         "Q_WORKERS": "1",
         "STRIPE_API_KEY": STRIPE_KEY,
         "STRIPE_API_BASE": fake_stripe.url,
@@ -74,6 +80,10 @@ def cluster_env(fake_stripe, fake_openmeter, name: str) -> dict[str, str]:
         "OPENMETER_URL": fake_openmeter.url,
         "REPORT_SHARD_CUSTOMERS": "16",
     }
+    env.pop("REDIS_URL", None)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    return env
 
 
 def enqueue(env: dict[str, str], code: str) -> None:
@@ -86,9 +96,12 @@ def enqueue(env: dict[str, str], code: str) -> None:
     )
 
 
-def test_three_clusters_share_one_scheduled_run_and_one_rate_limit(
-    postgres_and_redis, fake_stripe, fake_openmeter, now, tmp_path
-):
+def scheduled_run_on_clusters(
+    *, count: int, redis_url: str | None, fake_stripe, fake_openmeter, now, tmp_path
+) -> tuple[ReportRun, Counter[str]]:
+    """Usage of CUSTOMERS x METERS over HOURS; `count` qcluster processes; the scheduled task
+    queued twice for one slot. Checks what every such run must show; returns the run and the
+    parts each process did."""
     meters = [synced_meter(fake_openmeter, slug) for slug in METERS]
     customers = synced_customers([f"customer-{i:02d}" for i in range(CUSTOMERS)])
     usage = Usage(fake_openmeter)
@@ -100,8 +113,8 @@ def test_three_clusters_share_one_scheduled_run_and_one_rate_limit(
     fake_stripe.rate_limit_per_second = RATE
     events_before = fake_stripe.count("POST", EVENTS)
 
-    env = cluster_env(fake_stripe, fake_openmeter, f"meterbridge-test-{uuid.uuid4().hex[:8]}")
-    logs = [open(tmp_path / f"qcluster-{n}.log", "w") for n in range(CLUSTERS)]
+    env = cluster_env(fake_stripe, fake_openmeter, redis_url)
+    logs = [open(tmp_path / f"qcluster-{n}.log", "w") for n in range(count)]
     clusters = [
         subprocess.Popen(
             [sys.executable, "manage.py", "qcluster"],
@@ -131,9 +144,7 @@ def test_three_clusters_share_one_scheduled_run_and_one_rate_limit(
             process.wait(timeout=30)
         for log in logs:
             log.close()
-    output = "\n".join(
-        (tmp_path / f"qcluster-{n}.log").read_text()[-3000:] for n in range(CLUSTERS)
-    )
+    output = "\n".join((tmp_path / f"qcluster-{n}.log").read_text()[-3000:] for n in range(count))
     assert run is not None and run.finished_at is not None, output
     assert ReportRun.objects.filter(trigger=Trigger.SCHEDULE).count() == 1
 
@@ -172,8 +183,36 @@ def test_three_clusters_share_one_scheduled_run_and_one_rate_limit(
     shards = parts.filter(meter__isnull=False)
     assert shards.count() == len(METERS) * 4  # 48 customers, at most 16 a shard
     workers = Counter(shards.values_list("worker", flat=True))
-    assert len(workers) >= 2, workers
     print(
-        f"{len(arrivals)} events, busiest second {busiest}, {sustained:.1f}/s sustained, "
-        f"parts per worker {sorted(workers.values())}"
+        f"{count} cluster(s): {len(arrivals)} events, busiest second {busiest}, "
+        f"{sustained:.1f}/s sustained, parts per worker {sorted(workers.values())}"
     )
+    return run, workers
+
+
+def test_three_clusters_share_one_scheduled_run_and_one_rate_limit(
+    redis_url, fake_stripe, fake_openmeter, now, tmp_path
+):
+    _, workers = scheduled_run_on_clusters(
+        count=3,
+        redis_url=redis_url,
+        fake_stripe=fake_stripe,
+        fake_openmeter=fake_openmeter,
+        now=now,
+        tmp_path=tmp_path,
+    )
+    assert len(workers) >= 2, workers  # the work was spread
+
+
+def test_one_cluster_on_the_orm_broker_does_the_whole_run(
+    fake_stripe, fake_openmeter, now, tmp_path
+):
+    _, workers = scheduled_run_on_clusters(
+        count=1,
+        redis_url=None,
+        fake_stripe=fake_stripe,
+        fake_openmeter=fake_openmeter,
+        now=now,
+        tmp_path=tmp_path,
+    )
+    assert len(workers) == 1
