@@ -216,3 +216,48 @@ def test_one_cluster_on_the_orm_broker_does_the_whole_run(
         tmp_path=tmp_path,
     )
     assert len(workers) == 1
+
+
+def test_report_usage_can_hand_its_parts_to_the_workers(fake_stripe, fake_openmeter, now, tmp_path):
+    meters = [synced_meter(fake_openmeter, slug) for slug in METERS[:2]]
+    customers = synced_customers([f"customer-{i:02d}" for i in range(20)])
+    usage = Usage(fake_openmeter)
+    for h in (1, 2):
+        for meter in meters:
+            for i, customer in enumerate(customers):
+                usage.add(meter, customer.openmeter_subject, hours_ago(now, h), i + h)
+    env = cluster_env(fake_stripe, fake_openmeter, None)
+    with (tmp_path / "qcluster.log").open("w") as log:
+        cluster = subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            period = [
+                "--from",
+                hours_ago(now, 2).isoformat(),
+                "--to",
+                hours_ago(now, 0).isoformat(),
+            ]
+            done = subprocess.run(
+                [sys.executable, "manage.py", "report_usage", "--workers", *period],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        finally:
+            os.killpg(cluster.pid, signal.SIGKILL)
+            cluster.wait(timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "parts queued for the workers" in done.stdout
+    assert "succeeded" in done.stdout and "80 sent" in done.stdout
+    run = ReportRun.objects.get(trigger=Trigger.COMMAND)
+    assert RunPart.objects.filter(run=run, meter__isnull=False).count() == 2 * 2  # 20 > 16
+    for meter in meters:
+        assert billed(fake_stripe, meter) == usage.windows(meter, customers)
