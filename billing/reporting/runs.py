@@ -141,8 +141,8 @@ def _enqueue_part(part: RunPart) -> None:
         enqueue(
             "billing.tasks.execute_run_part",
             part.pk,
-            task_name=f"report-run-{part.run_id}-part-{part.pk}",
-            group="report",
+            task_name=f"Report run #{part.run_id}, part #{part.pk}",
+            group="report_runs",
         )
     except Exception as exc:  # the broker is down: the part ends failed, the run can end
         logger.exception("Run part %s could not be queued", part.pk)

@@ -4,6 +4,7 @@ sums of them (the run page polls the run)."""
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from django.db import transaction
 from django.db.models import IntegerField, OuterRef, Subquery, Sum
 from django.db.models.functions import Coalesce
 
@@ -34,7 +35,10 @@ class Tally:
             return
         counters = {name: getattr(self, name) for name in COUNTERS}
         RunPart.objects.filter(pk=self.part.pk).update(**counters)
-        sum_parts(run_id=self.part.run_id)
+        # After the commit: the run's row is every part's, and a part writing its results must
+        # not hold it while other processes' parts wait to write theirs.
+        run_id = self.part.run_id
+        transaction.on_commit(lambda: sum_parts(run_id=run_id))
 
     def save_unmapped(self) -> None:
         """Keep which subjects had usage but no customer, per meter (the dashboard lists them)."""
