@@ -44,7 +44,10 @@ def execute_report_run(run_id: int) -> int:
 
 def execute_run_part(part_id: int) -> int:
     """One part of a run (a meter, or a shard of its customers), in whichever worker took it."""
-    part = RunPart.objects.select_related("run", "meter").get(pk=part_id)
+    part = RunPart.objects.select_related("run", "meter").filter(pk=part_id).first()
+    if part is None:  # its meter was deleted since the run was prepared
+        logger.warning("Run part %s no longer exists; nothing to do.", part_id)
+        return part_id
     reporting.execute_part(part)
     return part_id
 

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from billing import tasks
 from billing.models import ReportLog, ReportRun, RunPart, RunStatus, Trigger, UnmappedUsage
-from billing.reporting import RunRequest, execute_part, execute_run, start_run
+from billing.reporting import RunRequest, execute_part, execute_run, fail_abandoned_runs, start_run
 from billing.reporting import parts as run_parts
 from tests.helpers import Usage, billed, hours_ago, synced_customers, synced_meter
 from tests.test_roles import viewer
@@ -123,3 +123,26 @@ def test_a_run_with_nothing_to_do_still_ends(fake_stripe, fake_openmeter, now):
     assert run.status == RunStatus.SUCCEEDED and run.finished_at is not None
     assert list(RunPart.objects.filter(run=run).values_list("meter", flat=True)) == [None]
     assert datetime.now(UTC) - run.finished_at < timedelta(minutes=1)
+
+
+def test_a_run_whose_last_part_vanished_is_closed_by_the_check(usage, now):
+    meters, customers, _ = usage
+    run = start_run(
+        RunRequest(trigger=Trigger.ADMIN, start=hours_ago(now, 3), end=hours_ago(now, 0))
+    )
+    preparation = run_parts.begin_preparation(run)
+    assert preparation is not None
+    planned = run_parts.plan(run=run, meters=meters, customers=len(customers))
+    run_parts.end(preparation, run_parts.Tally(part=preparation))
+    for part in planned[1:]:
+        execute_part(part)
+    RunPart.objects.filter(pk=planned[0].pk).delete()  # as when its meter is deleted
+    assert tasks.execute_run_part(planned[0].pk) == planned[0].pk  # its task: nothing to do
+    run.refresh_from_db()
+    assert run.finished_at is None
+    ReportRun.objects.filter(pk=run.pk).update(started_at=timezone.now() - timedelta(hours=2))
+    assert fail_abandoned_runs() == 1
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED and run.events_sent == sum(
+        p.events_sent for p in RunPart.objects.filter(run=run)
+    )

@@ -146,6 +146,15 @@ def fail_abandoned(*, older_than: float) -> int:
     for part in stale:
         logger.warning("Run part %s abandoned (worker %s).", part.pk, part.worker or "none")
         end(part, Tally(part=part, errors=[ABANDONED_PART]))
+    # Runs whose parts all ended without finishing them (a part's meter was deleted meanwhile).
+    for run_id in (
+        ReportRun.objects.filter(
+            pk__in=running, finished_at__isnull=True, started_at__lt=limit, parts__isnull=False
+        )
+        .values_list("pk", flat=True)
+        .distinct()
+    ):
+        finish_if_done(run_id=run_id)
     partless = ReportRun.objects.filter(
         pk__in=running, parts__isnull=True, started_at__lt=limit
     ).update(
