@@ -35,7 +35,10 @@ def usage(fake_stripe, fake_openmeter, now, settings):
 def test_shards_of_a_meter_bill_every_window_once(usage, fake_stripe, now):
     meters, customers, feed = usage
     run = execute_run(
-        start_run(RunRequest(trigger=Trigger.ADMIN, start=hours_ago(now, 3), end=hours_ago(now, 0)))
+        start_run(
+            RunRequest(trigger=Trigger.ADMIN, start=hours_ago(now, 3), end=hours_ago(now, 0))
+        ),
+        fan_out=True,  # queued as tasks (run at once here: the tests' django-q2 is synchronous)
     )
     assert run.status == RunStatus.SUCCEEDED, run.error
     shards = RunPart.objects.filter(run=run, meter__isnull=False)
@@ -58,7 +61,10 @@ def test_shards_of_a_meter_bill_every_window_once(usage, fake_stripe, now):
     assert "preparation" in text and "api_calls, customers shard 4 of 4" in text
     assert shards.first().worker in text and 'name="parts-0-events_sent"' not in text
     again = execute_run(
-        start_run(RunRequest(trigger=Trigger.ADMIN, start=hours_ago(now, 3), end=hours_ago(now, 0)))
+        start_run(
+            RunRequest(trigger=Trigger.ADMIN, start=hours_ago(now, 3), end=hours_ago(now, 0))
+        ),
+        fan_out=True,
     )
     assert again.status == RunStatus.SUCCEEDED and again.events_sent == 0
     assert again.events_unchanged == 60
@@ -114,6 +120,18 @@ def test_one_schedule_slot_makes_one_run(usage, fake_stripe, now):
     # The next slot is a run of its own.
     later = tasks.scheduled_report(intended_date=(slot + timedelta(hours=1)).isoformat())
     assert later is not None and later != first
+
+
+def test_a_run_in_one_process_is_not_sharded(usage, fake_stripe, now):
+    period = {"start": hours_ago(now, 3), "end": hours_ago(now, 0)}
+    run = execute_run(start_run(RunRequest(trigger=Trigger.COMMAND, **period)))
+    assert run.status == RunStatus.SUCCEEDED and run.events_sent == 60
+    shards = RunPart.objects.filter(run=run, meter__isnull=False)
+    assert sorted(shards.values_list("meter__openmeter_slug", "shards")) == [
+        ("api_calls", 1),
+        ("tokens", 1),
+    ]
+    assert UnmappedUsage.objects.filter(run=run).count() == 2
 
 
 def test_a_run_with_nothing_to_do_still_ends(fake_stripe, fake_openmeter, now):

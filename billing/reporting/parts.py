@@ -52,8 +52,12 @@ def shard_of(customers: Mapping[str, Customer], part: RunPart) -> dict[str, Cust
     return {subject: c for subject, c in customers.items() if in_shard(c, part)}
 
 
-def plan(*, run: ReportRun, meters: Sequence[Meter], customers: int) -> list[RunPart]:
-    shards = shard_count(customers)
+def plan(
+    *, run: ReportRun, meters: Sequence[Meter], customers: int, shard: bool = True
+) -> list[RunPart]:
+    """The run's parts: per meter, and per shard of `customers` when `shard` (parts done one
+    after the other in one process gain nothing from shards)."""
+    shards = shard_count(customers) if shard else 1
     return RunPart.objects.bulk_create(
         RunPart(run=run, meter=meter, shard=shard, shards=shards)
         for meter in meters

@@ -121,7 +121,10 @@ def execute_run(run: ReportRun, *, follow: bool = True, fan_out: bool = False) -
         meters = _reportable_meters(run, tally)
         customers = _reportable_customers(run, tally)
         planned = parts.plan(
-            run=run, meters=meters, customers=len({c.pk for c in customers.values()})
+            run=run,
+            meters=meters,
+            customers=len({c.pk for c in customers.values()}),
+            shard=fan_out,
         )
     except Exception as exc:  # the run must end with a status, whatever happened
         logger.exception("Report run %s crashed", run.pk)
