@@ -1,16 +1,24 @@
 """The reconciliation's lean read of Stripe answers and fails as stripe-python would: the same
 error classes, status and message, so retries and the messages people read are the same."""
 
+import time
+
 import pytest
 import stripe
 
+from billing.integrations.ratelimit import TokenBucket
 from billing.integrations.stripe_errors import describe, retryable
 from billing.integrations.stripe_reads import StripeReads
 
 
 @pytest.fixture
-def reads(fake_stripe):
-    reads = StripeReads()
+def limiter():
+    return TokenBucket(rate=50)
+
+
+@pytest.fixture
+def reads(fake_stripe, limiter):
+    reads = StripeReads(limiter=limiter)
     yield reads
     reads.close()
 
@@ -50,9 +58,21 @@ def test_each_failure_is_its_stripe_python_class(reads, fake_stripe, status, err
     assert (retryable(caught.value) is not None) is retried
 
 
+def test_each_read_takes_a_slot_and_a_429_slows_every_caller(reads, fake_stripe, limiter):
+    began = time.monotonic()
+    for _ in range(10):
+        reads.get("/v1/billing/meters", {})
+    assert time.monotonic() - began >= 9 / limiter.rate * 0.9  # paced, not at once
+    assert limiter.current_rate() == limiter.rate
+    fake_stripe.rate_limit_next(1)
+    with pytest.raises(stripe.RateLimitError):
+        reads.get("/v1/billing/meters", {})
+    assert limiter.current_rate() < limiter.rate
+
+
 def test_stripe_out_of_reach_is_a_connection_error_that_is_retried(settings):
     settings.STRIPE_API_BASE = "http://127.0.0.1:9"  # nothing listens on the discard port
-    reads = StripeReads()
+    reads = StripeReads(limiter=TokenBucket(rate=50))
     with pytest.raises(stripe.APIConnectionError) as caught:
         reads.get("/v1/billing/meters", {})
     reads.close()

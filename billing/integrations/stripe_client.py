@@ -63,15 +63,20 @@ class PacedHTTPXClient(stripe.HTTPXClient):
     ) -> tuple[Any, int, Mapping[str, str]]:
         self.limiter.acquire()
         content, status, response_headers = super().request(method, url, headers or {}, post_data)
-        if status == 429:
-            self.limiter.throttle()
-            retry_after = parse_retry_after(response_headers.get("retry-after"))
-            self.limiter.pause(
-                RATE_LIMITED_PAUSE
-                if retry_after is None
-                else min(retry_after, MAX_RETRY_AFTER_PAUSE)
-            )
+        note_answer(self.limiter, status=status, headers=response_headers)
         return content, status, response_headers
+
+
+def note_answer(limiter: Limiter, *, status: int, headers: Mapping[str, str]) -> None:
+    """A 429 slows every caller of the account: the rate is cut, and nobody calls again before
+    Retry-After (or a short pause). `headers`: names in lower case, or case-insensitive."""
+    if status != 429:
+        return
+    limiter.throttle()
+    retry_after = parse_retry_after(headers.get("retry-after"))
+    limiter.pause(
+        RATE_LIMITED_PAUSE if retry_after is None else min(retry_after, MAX_RETRY_AFTER_PAUSE)
+    )
 
 
 class StripeNotConfigured(Exception):

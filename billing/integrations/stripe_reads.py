@@ -8,7 +8,8 @@ reconciliation can load OpenMeter and the ledger beside its reading without slow
 sends the same request as stripe-python (key, pinned API version, user agent) over http.client,
 one kept-alive connection per reading thread, and raises the same stripe-python error classes with
 the same status, headers and message, so StripeCaller retries and `describe` read them as any
-Stripe error. Everything else talks to Stripe through StripeClient."""
+Stripe error. Each GET takes its slot from the account's limiter, as StripeClient's requests do.
+Everything else talks to Stripe through StripeClient."""
 
 import http.client
 import json
@@ -22,7 +23,7 @@ from urllib.parse import urlencode, urlsplit
 import stripe
 from django.conf import settings
 
-from billing.integrations.stripe_client import StripeNotConfigured
+from billing.integrations.stripe_client import Limiter, StripeNotConfigured, note_answer
 
 # A kept-alive connection the server has closed fails on reuse: such failures are retried once on
 # a new connection at once (a GET changes nothing), before StripeCaller's retries with backoff.
@@ -32,9 +33,10 @@ STALE_CONNECTION = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionR
 class StripeReads:
     """GETs against STRIPE_API_BASE; safe across threads (a connection per thread)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, limiter: Limiter) -> None:
         if not settings.STRIPE_API_KEY:
             raise StripeNotConfigured()
+        self._limiter = limiter
         base = urlsplit(settings.STRIPE_API_BASE.rstrip("/"))
         self._https = base.scheme == "https"
         self._host = base.hostname or ""
@@ -62,15 +64,17 @@ class StripeReads:
     def get(self, path: str, params: Mapping[str, Any]) -> dict[str, Any]:
         """The decoded JSON of a 200 answer; any other answer raises its stripe.StripeError."""
         target = f"{self._prefix}{path}?{urlencode(params)}"
+        self._limiter.acquire()
         try:
             try:
                 status, headers, body = self._get(target, fresh=False)
-            except STALE_CONNECTION:
+            except STALE_CONNECTION:  # it did not reach Stripe: its slot is still unused
                 status, headers, body = self._get(target, fresh=True)
         except TimeoutError as exc:
             raise _unreachable(f"Stripe did not answer within {self._timeout:g}s") from exc
         except (OSError, http.client.HTTPException) as exc:
             raise _unreachable(f"Cannot reach Stripe: {type(exc).__name__}: {exc}") from exc
+        note_answer(self._limiter, status=status, headers=headers)
         text = body.decode("utf-8", errors="replace")
         try:
             data = json.loads(text)

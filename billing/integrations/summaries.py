@@ -57,7 +57,7 @@ class SummaryReader(StripeCaller):
         (loading a meter's values), not only as fast as the caller takes results. Plain threads
         and queues rather than an executor: thousands of pending futures (a lock, a condition and
         a work item each) made every garbage collection of the process slower."""
-        reads = StripeReads()
+        reads = StripeReads(limiter=self.bucket)
         todo: queue.SimpleQueue[SummaryRequest | None] = queue.SimpleQueue()
         done: queue.SimpleQueue[CustomerSummaries | BaseException | None] = queue.SimpleQueue()
         # Read ahead, not yet taken by the caller: enough for the caller to load a meter.
