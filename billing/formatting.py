@@ -42,6 +42,11 @@ def utc_minute(moment: datetime | None) -> str:
     return EMPTY if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
 
 
+def utc_second(moment: datetime | None) -> str:
+    """For pages where seconds matter (a run's parts): 2026-11-20 13:00:05 (UTC)."""
+    return EMPTY if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def utc_iso(moment: datetime) -> str:
     """For messages, exports and APIs: 2026-11-20T13:00:00Z."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

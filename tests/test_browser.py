@@ -102,6 +102,8 @@ def test_finance_rereports_usage_end_to_end(live_server, browser_page, fake_stri
     page.wait_for_selector(".mb-status-succeeded")
     assert page.locator("#run-logs tr.mb-log").count() == 4
     assert "req_" in page.inner_text("#run-logs")
+    parts = page.inner_text("#parts-group")  # who did what: the preparation, then the meter
+    assert "preparation" in parts and meter.openmeter_slug in parts
     page.screenshot(path=str(ARTIFACTS / "report-run.png"), full_page=True)
     run = ReportRun.objects.get(dry_run=False)
     assert run.requested_by.username == "finance" and run.trigger == Trigger.ADMIN

@@ -19,7 +19,7 @@ from billing import clock
 from billing.admin.base import ReadOnlyAdmin, RereportPermissionMixin
 from billing.admin.generic import TabularInline
 from billing.admin.views import action_fields, rereport_page, run_action_fields
-from billing.formatting import quantity, utc_minute
+from billing.formatting import quantity, utc_minute, utc_second
 from billing.models import ReportRun, RunPart, RunStatus
 from billing.reporting.selection import select_like_run
 from billing.reporting.summary import value_changes
@@ -62,8 +62,8 @@ class RunPartInline(TabularInline):
     fields = readonly_fields = (
         "what",
         "worker",
-        "started_at",
-        "finished_at",
+        "started",
+        "finished",
         "events_sent",
         "events_unchanged",
         "events_failed",
@@ -79,6 +79,14 @@ class RunPartInline(TabularInline):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    @admin.display(description="Started (UTC)")
+    def started(self, obj: RunPart) -> str:
+        return utc_second(obj.started_at)
+
+    @admin.display(description="Finished (UTC)")
+    def finished(self, obj: RunPart) -> str:
+        return utc_second(obj.finished_at)
 
     @admin.display(description="Part")
     def what(self, obj: RunPart) -> str:
