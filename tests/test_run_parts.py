@@ -9,7 +9,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from billing import tasks
-from billing.models import ReportLog, ReportRun, RunPart, RunStatus, Trigger, UnmappedUsage
+from billing.integrations import stripe_sync
+from billing.models import Meter, ReportLog, ReportRun, RunPart, RunStatus, Trigger, UnmappedUsage
 from billing.reporting import RunRequest, execute_part, execute_run, fail_abandoned_runs, start_run
 from billing.reporting import parts as run_parts
 from tests.helpers import Usage, billed, hours_ago, synced_customers, synced_meter
@@ -164,3 +165,37 @@ def test_a_run_whose_last_part_vanished_is_closed_by_the_check(usage, now):
     assert run.status == RunStatus.SUCCEEDED and run.events_sent == sum(
         p.events_sent for p in RunPart.objects.filter(run=run)
     )
+
+
+def test_shards_of_a_unique_count_meter_bill_each_customer_s_value_to_date(
+    fake_stripe, fake_openmeter, now, settings
+):
+    settings.REPORT_SHARD_CUSTOMERS = 3
+    fake_openmeter.add_meter("active_users", aggregation="UNIQUE_COUNT")
+    meter = Meter.objects.create(
+        name="Active users", openmeter_slug="active_users", openmeter_aggregation="UNIQUE_COUNT"
+    )
+    assert stripe_sync.sync_object(meter), meter.sync_error
+    customers = synced_customers([f"c{i}" for i in range(10)])
+    seen: dict[str, list[tuple[datetime, float]]] = {}
+    for h in range(1, 4):
+        for i, customer in enumerate(customers):
+            for user in range(i % 4 + h):  # users 0..n: a new one each hour
+                when = hours_ago(now, h) + timedelta(minutes=user)
+                fake_openmeter.ingest(
+                    meter="active_users", subject=customer.openmeter_subject, time=when, value=user
+                )
+                seen.setdefault(customer.openmeter_subject, []).append((when, user))
+    period = {"start": hours_ago(now, 3), "end": hours_ago(now, 0)}
+    run = execute_run(start_run(RunRequest(trigger=Trigger.ADMIN, **period)), fan_out=True)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert RunPart.objects.filter(run=run, meter=meter).count() == 4
+    month = hours_ago(now, 1).replace(day=1, hour=0)  # no billing period known: the UTC month
+    values = billed(fake_stripe, meter)
+    for customer in customers:
+        # Stripe bills the period's latest window sent (formula last): the value to date.
+        held = {
+            start: v for (cus, start), v in values.items() if cus == customer.stripe_customer_id
+        }
+        users = {u for when, u in seen[customer.openmeter_subject] if when >= month}
+        assert held[max(held)] == len(users), customer
