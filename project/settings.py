@@ -76,8 +76,12 @@ WSGI_APPLICATION = "project.wsgi.application"
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # The scheduler, the worker and the web server share one SQLite file: wait for locks.
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("timeout", 30)
+    # The scheduler, the workers and the web server share one SQLite file: wait for locks, and
+    # take the write lock when a transaction begins (workers doing parts of one run write side
+    # by side; a transaction that read first and then wants to write could not wait, it fails).
+    options = DATABASES["default"].setdefault("OPTIONS", {})
+    options.setdefault("timeout", 30)
+    options.setdefault("transaction_mode", "IMMEDIATE")
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
