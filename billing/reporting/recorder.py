@@ -2,6 +2,7 @@
 ReportedWindow (what Stripe holds), written together in one transaction per batch."""
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from datetime import datetime
@@ -19,7 +20,12 @@ from billing.reporting.values import make_identifier
 
 logger = logging.getLogger(__name__)
 
+# Results are written in one transaction per batch: at least FLUSH_EVERY of them, at most
+# FLUSH_MAX, and a full FLUSH_SECONDS apart in between, so a fast stream commits a few times a
+# second (each commit costs an fsync) while a slow run still shows its progress every second.
 FLUSH_EVERY = 500
+FLUSH_MAX = 5000
+FLUSH_SECONDS = 1.0
 
 LOG_FIELDS = (
     "run",
@@ -57,6 +63,7 @@ class Recorder:
         self.logs: list[tuple[Any, ...]] = []  # ReportLog rows in LOG_FIELDS order, less the last
         self.states: list[tuple[Change, bool]] = []  # (change, delivered)
         self.db = Rows()
+        self.flushed_at = time.monotonic()
 
     def identifier(self, change: Change) -> str:
         return make_identifier(
@@ -72,8 +79,7 @@ class Recorder:
         for change in changes:
             self.log(change, self.identifier(change), LogStatus.DRY_RUN)
             self.tally.events_sent += 1
-            if len(self.logs) >= FLUSH_EVERY:
-                self.flush()
+            self.flush_if_due()
 
     def send(self, changes: Iterable[Change], sender: Sender) -> None:
         """Send the changes as they come: the sender pulls them lazily while it sends."""
@@ -88,8 +94,7 @@ class Recorder:
                     timestamp=change.window_start,
                     identifier=self.identifier(change),
                 )
-                if len(self.logs) >= FLUSH_EVERY:
-                    self.flush()
+                self.flush_if_due()
 
         # The sender counts its 429s (thread-safely); the run shows them as they come.
         before = self.tally.rate_limited - sender.rate_limited
@@ -111,8 +116,7 @@ class Recorder:
             error="" if result.delivered else result.error,
         )
         self.states.append((change, result.delivered))
-        if len(self.logs) >= FLUSH_EVERY:
-            self.flush()
+        self.flush_if_due()
 
     def log(
         self,
@@ -146,7 +150,15 @@ class Recorder:
             )
         )
 
+    def flush_if_due(self) -> None:
+        pending = len(self.logs)
+        if pending >= FLUSH_MAX or (
+            pending >= FLUSH_EVERY and time.monotonic() - self.flushed_at >= FLUSH_SECONDS
+        ):
+            self.flush()
+
     def flush(self) -> None:
+        self.flushed_at = time.monotonic()
         if not self.logs and not self.states:
             return
         with transaction.atomic():
