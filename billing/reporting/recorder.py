@@ -64,10 +64,21 @@ class Recorder:
         self.states: list[tuple[Change, bool]] = []  # (change, delivered)
         self.db = Rows()
         self.flushed_at = time.monotonic()
+        # Read once, not per event.
+        self.run_id, self.meter_id, self.event_name = run.pk, meter.pk, meter.event_name
+        self._bounds: dict[datetime, tuple[Any, Any]] = {}
+
+    def bounds(self, window_start: datetime) -> tuple[Any, Any]:
+        """A window's start and end as the database takes them (computed once per window)."""
+        found = self._bounds.get(window_start)
+        if found is None:
+            end = window_start + self.step
+            found = self._bounds[window_start] = (self.db.moment(window_start), self.db.moment(end))
+        return found
 
     def identifier(self, change: Change) -> str:
         return make_identifier(
-            event_name=self.meter.event_name,
+            event_name=self.event_name,
             stripe_customer_id=change.customer.stripe_customer_id,
             window_start=change.window_start,
             value=change.value,
@@ -88,7 +99,7 @@ class Recorder:
             for change in changes:
                 yield MeterEvent(
                     key=change,
-                    event_name=self.meter.event_name,
+                    event_name=self.event_name,
                     stripe_customer_id=change.customer.stripe_customer_id,
                     value=change.value,
                     timestamp=change.window_start,
@@ -131,15 +142,15 @@ class Recorder:
             self.tally.events_failed += 1
         elif status == LogStatus.SENT:
             self.tally.events_sent += 1
+        customer = change.customer
         self.logs.append(
             (
-                self.run.pk,
-                self.meter.pk,
-                change.customer.pk,
-                change.customer.stripe_customer_id,
-                self.meter.event_name,
-                self.db.moment(change.window_start),
-                self.db.moment(change.window_start + self.step),
+                self.run_id,
+                self.meter_id,
+                customer.pk,
+                customer.stripe_customer_id,
+                self.event_name,
+                *self.bounds(change.window_start),
                 self.db.decimal(change.value),
                 None if change.previous is None else self.db.decimal(change.previous),
                 None if change.period_start is None else self.db.moment(change.period_start),
@@ -186,10 +197,10 @@ class Recorder:
                 STATE_FIELDS,
                 [
                     (
-                        self.meter.pk,
+                        self.meter_id,
                         c.customer.pk,
                         c.customer.stripe_customer_id,
-                        self.db.moment(c.window_start),
+                        self.bounds(c.window_start)[0],
                         self.db.decimal(c.value),
                         c.revision + 1,
                         False,
