@@ -5,9 +5,11 @@ ranges: for SUM meters of non-negative values and COUNT meters windows only grow
 mean equal windows and an unchanged run ends after a couple of queries. See `MeterPass.by_range`.
 """
 
+import itertools
 import logging
 from collections import defaultdict, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -151,27 +153,36 @@ class MeterPass:
         if self.start < newest:
             todo.append(RangeCheck(self.start, newest, everyone, top=True))
         n_subjects = len(self.customers)
-        while todo:
-            check = todo.popleft()
-            totals = self.range_totals(check.low, check.high, self.subjects_for(check))
-            if check.top:
-                self.count_unmapped(totals)
-                n_subjects = max(n_subjects, len(totals))
-            differing = self.differing(check, totals)
-            if not differing:
-                continue
-            if check.high - check.low == self.step:  # one window: a total is its value
-                usage = {(c.pk, check.low): self.customer_total(totals, c) for c in differing}
-                yield from self.changes(check.low, check.high, differing, usage)
-            elif check.top and len(differing) > SUBJECT_FILTER_MAX:
-                todo.extendleft(
-                    RangeCheck(low, high, differing, top=False)
-                    for low, high in reversed(
-                        windows.recent_first(check.low, check.high, self.step)
-                    )
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="openmeter") as reader:
+            while todo:
+                check = todo.popleft()
+                # OpenMeter totals the range while the database totals what Stripe holds: the
+                # two waits overlap. The ledger's rows are read once OpenMeter's totals are in.
+                asked = reader.submit(
+                    self.range_totals, check.low, check.high, self.subjects_for(check)
                 )
-            else:
-                yield from self.windowed_changes(check.low, check.high, differing, n_subjects)
+                held = self.held_totals(check.low, check.high, check.candidates)
+                first = next(held, None)  # runs the query
+                totals = asked.result()
+                if check.top:
+                    self.count_unmapped(totals)
+                    n_subjects = max(n_subjects, len(totals))
+                rows = held if first is None else itertools.chain([first], held)
+                differing = self.differing(check, totals, rows)
+                if not differing:
+                    continue
+                if check.high - check.low == self.step:  # one window: a total is its value
+                    usage = {(c.pk, check.low): self.customer_total(totals, c) for c in differing}
+                    yield from self.changes(check.low, check.high, differing, usage)
+                elif check.top and len(differing) > SUBJECT_FILTER_MAX:
+                    todo.extendleft(
+                        RangeCheck(low, high, differing, top=False)
+                        for low, high in reversed(
+                            windows.recent_first(check.low, check.high, self.step)
+                        )
+                    )
+                else:
+                    yield from self.windowed_changes(check.low, check.high, differing, n_subjects)
 
     def subjects_for(self, check: RangeCheck) -> list[str]:
         if check.top:
@@ -186,16 +197,28 @@ class MeterPass:
             return ZERO + totals.get(subjects[0], ZERO)
         return sum((totals.get(s, ZERO) for s in subjects), ZERO)
 
-    def differing(self, check: RangeCheck, totals: dict[str, Decimal]) -> list[Customer]:
-        held = self.held_totals(check.low, check.high, check.candidates)
-        result: list[Customer] = []
+    def differing(
+        self,
+        check: RangeCheck,
+        totals: dict[str, Decimal],
+        held: Iterable[tuple[int, HeldTotal]],
+    ) -> list[Customer]:
+        """The candidates whose totals may differ, in their order; `held` as from held_totals."""
+        pending = {c.pk: c for c in check.candidates}  # left: those Stripe holds nothing for
+        changed: set[int] = set()
         unchanged = 0
-        for customer in check.candidates:
-            mine = held.get(customer.pk)
+        for pk, mine in held:
+            customer = pending.pop(pk, None)
+            if customer is None:  # not a candidate (the query was not filtered by customer)
+                continue
             if differs(self.customer_total(totals, customer), mine):
-                result.append(customer)
-            elif mine is not None:
+                changed.add(pk)
+            else:
                 unchanged += mine.nonzero
+        changed.update(
+            pk for pk, c in pending.items() if differs(self.customer_total(totals, c), None)
+        )
+        result = [c for c in check.candidates if c.pk in changed]
         self.tally.events_unchanged += unchanged
         logger.info(
             "Meter '%s' %s..%s: %d of %d customers changed",
@@ -247,14 +270,14 @@ class MeterPass:
 
     def held_totals(
         self, start: datetime, end: datetime, customers: list[Customer]
-    ) -> dict[int, HeldTotal]:
-        """What Stripe holds per customer over [start, end): total, non-zero and dirty windows."""
+    ) -> Iterator[tuple[int, HeldTotal]]:
+        """What Stripe holds per customer over [start, end): total, non-zero and dirty windows,
+        streamed (a lookback has a row per customer: 100,000s)."""
         state = ReportedWindow.objects.filter(
             meter=self.meter, window_start__gte=start, window_start__lt=end
         )
         if len(customers) <= STATE_FILTER_MAX:
             state = state.filter(customer_id__in=[c.pk for c in customers])
-        # Tuples, not dicts: a lookback holds one row per customer (100,000s).
         rows = (
             state.values("customer_id")
             .annotate(
@@ -264,7 +287,8 @@ class MeterPass:
             )
             .values_list("customer_id", "total", "nonzero", "dirty")
         )
-        return {pk: HeldTotal(total, nonzero, dirty) for pk, total, nonzero, dirty in rows}
+        for pk, total, nonzero, dirty in rows.iterator(chunk_size=2000):
+            yield pk, HeldTotal(total, nonzero, dirty)
 
     def windowed_changes(
         self, start: datetime, end: datetime, customers: list[Customer], n_subjects: int
