@@ -156,22 +156,12 @@ class MeterPass:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="openmeter") as reader:
             while todo:
                 check = todo.popleft()
-                # OpenMeter totals the range while the database totals what Stripe holds: the
-                # two waits overlap. The ledger's rows are read once OpenMeter's totals are in.
-                asked = reader.submit(
-                    self.range_totals, check.low, check.high, self.subjects_for(check)
-                )
-                held = self.held_totals(check.low, check.high, check.candidates)
-                first = next(held, None)  # runs the query
-                totals = asked.result()
+                totals, differing = self.compare(check, reader)
                 if check.top:
-                    self.count_unmapped(totals)
                     n_subjects = max(n_subjects, len(totals))
-                rows = held if first is None else itertools.chain([first], held)
-                differing = self.differing(check, totals, rows)
                 if not differing:
-                    continue
-                if check.high - check.low == self.step:  # one window: a total is its value
+                    pass  # the range is unchanged
+                elif check.high - check.low == self.step:  # one window: a total is its value
                     usage = {(c.pk, check.low): self.customer_total(totals, c) for c in differing}
                     yield from self.changes(check.low, check.high, differing, usage)
                 elif check.top and len(differing) > SUBJECT_FILTER_MAX:
@@ -183,6 +173,23 @@ class MeterPass:
                     )
                 else:
                     yield from self.windowed_changes(check.low, check.high, differing, n_subjects)
+                # Dropped before the next range's totals come in: one range's at a time.
+                del totals, differing
+
+    def compare(
+        self, check: RangeCheck, reader: ThreadPoolExecutor
+    ) -> tuple[dict[str, Decimal], list[Customer]]:
+        """OpenMeter's totals over the range, and the candidates whose totals differ from what
+        Stripe holds. OpenMeter totals the range (on `reader`) while the database totals the
+        ledger: the two waits overlap; the ledger's rows are compared once OpenMeter's are in."""
+        asked = reader.submit(self.range_totals, check.low, check.high, self.subjects_for(check))
+        held = self.held_totals(check.low, check.high, check.candidates)
+        first = next(held, None)  # runs the query
+        totals = asked.result()
+        if check.top:
+            self.count_unmapped(totals)
+        rows = held if first is None else itertools.chain([first], held)
+        return totals, self.differing(check, totals, rows)
 
     def subjects_for(self, check: RangeCheck) -> list[str]:
         if check.top:
