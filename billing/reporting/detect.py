@@ -5,13 +5,15 @@ ranges: for SUM meters of non-negative values and COUNT meters windows only grow
 mean equal windows and an unchanged run ends after a couple of queries. See `MeterPass.by_range`.
 """
 
+import itertools
 import logging
 from collections import defaultdict, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db.models import Count, Q, Sum
 
@@ -67,12 +69,23 @@ def decide(*, value: Decimal, held: Held | None) -> tuple[Decimal | None, int] |
     return held.value, held.sent_count
 
 
-def differs(om_total: Decimal | None, mine: Mapping[str, Any] | None) -> bool:
+class HeldTotal(NamedTuple):
+    """What the ledger says Stripe holds for one customer over a range."""
+
+    total: Decimal | None
+    nonzero: int  # windows holding a value other than zero
+    dirty: int  # windows to send again (a send failed)
+
+
+def differs(om_total: Decimal | None, mine: HeldTotal | None) -> bool:
     """Whether a customer's usage over a range may differ from what Stripe holds for it."""
     total = quantize(om_total or Decimal(0))
     if mine is None:
         return total != 0
-    return bool(mine["dirty"]) or not totals_match(total, mine["total"] or Decimal(0))
+    if mine.dirty:
+        return True
+    held = mine.total or Decimal(0)
+    return total != held and not totals_match(total, held)  # equal: the common case, cheaper
 
 
 @dataclass(frozen=True)
@@ -140,27 +153,43 @@ class MeterPass:
         if self.start < newest:
             todo.append(RangeCheck(self.start, newest, everyone, top=True))
         n_subjects = len(self.customers)
-        while todo:
-            check = todo.popleft()
-            totals = self.range_totals(check.low, check.high, self.subjects_for(check))
-            if check.top:
-                self.count_unmapped(totals)
-                n_subjects = max(n_subjects, len(totals))
-            differing = self.differing(check, totals)
-            if not differing:
-                continue
-            if check.high - check.low == self.step:  # one window: a total is its value
-                usage = {(c.pk, check.low): self.customer_total(totals, c) for c in differing}
-                yield from self.changes(check.low, check.high, differing, usage)
-            elif check.top and len(differing) > SUBJECT_FILTER_MAX:
-                todo.extendleft(
-                    RangeCheck(low, high, differing, top=False)
-                    for low, high in reversed(
-                        windows.recent_first(check.low, check.high, self.step)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="openmeter") as reader:
+            while todo:
+                check = todo.popleft()
+                totals, differing = self.compare(check, reader)
+                if check.top:
+                    n_subjects = max(n_subjects, len(totals))
+                if not differing:
+                    pass  # the range is unchanged
+                elif check.high - check.low == self.step:  # one window: a total is its value
+                    usage = {(c.pk, check.low): self.customer_total(totals, c) for c in differing}
+                    yield from self.changes(check.low, check.high, differing, usage)
+                elif check.top and len(differing) > SUBJECT_FILTER_MAX:
+                    todo.extendleft(
+                        RangeCheck(low, high, differing, top=False)
+                        for low, high in reversed(
+                            windows.recent_first(check.low, check.high, self.step)
+                        )
                     )
-                )
-            else:
-                yield from self.windowed_changes(check.low, check.high, differing, n_subjects)
+                else:
+                    yield from self.windowed_changes(check.low, check.high, differing, n_subjects)
+                # Dropped before the next range's totals come in: one range's at a time.
+                del totals, differing
+
+    def compare(
+        self, check: RangeCheck, reader: ThreadPoolExecutor
+    ) -> tuple[dict[str, Decimal], list[Customer]]:
+        """OpenMeter's totals over the range, and the candidates whose totals differ from what
+        Stripe holds. OpenMeter totals the range (on `reader`) while the database totals the
+        ledger: the two waits overlap; the ledger's rows are compared once OpenMeter's are in."""
+        asked = reader.submit(self.range_totals, check.low, check.high, self.subjects_for(check))
+        held = self.held_totals(check.low, check.high, check.candidates)
+        first = next(held, None)  # runs the query
+        totals = asked.result()
+        if check.top:
+            self.count_unmapped(totals)
+        rows = held if first is None else itertools.chain([first], held)
+        return totals, self.differing(check, totals, rows)
 
     def subjects_for(self, check: RangeCheck) -> list[str]:
         if check.top:
@@ -170,17 +199,34 @@ class MeterPass:
 
     def customer_total(self, totals: Mapping[str, Decimal], customer: Customer) -> Decimal:
         """The customer's usage: the sum over its subjects (SUM and COUNT add up)."""
-        return sum((totals.get(s, ZERO) for s in self.subjects_of[customer.pk]), ZERO)
+        subjects = self.subjects_of[customer.pk]
+        if len(subjects) == 1:  # most customers: the same sum, without a generator
+            return ZERO + totals.get(subjects[0], ZERO)
+        return sum((totals.get(s, ZERO) for s in subjects), ZERO)
 
-    def differing(self, check: RangeCheck, totals: dict[str, Decimal]) -> list[Customer]:
-        held = self.held_totals(check.low, check.high, check.candidates)
-        result: list[Customer] = []
-        for customer in check.candidates:
-            mine = held.get(customer.pk)
+    def differing(
+        self,
+        check: RangeCheck,
+        totals: dict[str, Decimal],
+        held: Iterable[tuple[int, HeldTotal]],
+    ) -> list[Customer]:
+        """The candidates whose totals may differ, in their order; `held` as from held_totals."""
+        pending = {c.pk: c for c in check.candidates}  # left: those Stripe holds nothing for
+        changed: set[int] = set()
+        unchanged = 0
+        for pk, mine in held:
+            customer = pending.pop(pk, None)
+            if customer is None:  # not a candidate (the query was not filtered by customer)
+                continue
             if differs(self.customer_total(totals, customer), mine):
-                result.append(customer)
-            elif mine is not None:
-                self.tally.events_unchanged += mine["nonzero"]
+                changed.add(pk)
+            else:
+                unchanged += mine.nonzero
+        changed.update(
+            pk for pk, c in pending.items() if differs(self.customer_total(totals, c), None)
+        )
+        result = [c for c in check.candidates if c.pk in changed]
+        self.tally.events_unchanged += unchanged
         logger.info(
             "Meter '%s' %s..%s: %d of %d customers changed",
             self.meter.openmeter_slug,
@@ -219,7 +265,7 @@ class MeterPass:
             window_size=window_size,
             subjects=subjects,
         ):
-            totals[row.subject] = totals.get(row.subject, Decimal(0)) + row.value
+            totals[row.subject] = totals.get(row.subject, ZERO) + row.value
         return totals
 
     def count_unmapped(self, totals: dict[str, Decimal]) -> None:
@@ -231,21 +277,25 @@ class MeterPass:
 
     def held_totals(
         self, start: datetime, end: datetime, customers: list[Customer]
-    ) -> dict[int, Mapping[str, Any]]:
-        """What Stripe holds per customer over [start, end): total, non-zero and dirty windows."""
+    ) -> Iterator[tuple[int, HeldTotal]]:
+        """What Stripe holds per customer over [start, end): total, non-zero and dirty windows,
+        streamed (a lookback has a row per customer: 100,000s)."""
         state = ReportedWindow.objects.filter(
             meter=self.meter, window_start__gte=start, window_start__lt=end
         )
         if len(customers) <= STATE_FILTER_MAX:
             state = state.filter(customer_id__in=[c.pk for c in customers])
-        return {
-            row["customer_id"]: row
-            for row in state.values("customer_id").annotate(
+        rows = (
+            state.values("customer_id")
+            .annotate(
                 total=Sum("value"),
                 nonzero=Count("id", filter=~Q(value=0)),
                 dirty=Count("id", filter=Q(needs_resend=True)),
             )
-        }
+            .values_list("customer_id", "total", "nonzero", "dirty")
+        )
+        for pk, total, nonzero, dirty in rows.iterator(chunk_size=2000):
+            yield pk, HeldTotal(total, nonzero, dirty)
 
     def windowed_changes(
         self, start: datetime, end: datetime, customers: list[Customer], n_subjects: int

@@ -2,6 +2,7 @@
 ReportedWindow (what Stripe holds), written together in one transaction per batch."""
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from datetime import datetime
@@ -19,7 +20,12 @@ from billing.reporting.values import make_identifier
 
 logger = logging.getLogger(__name__)
 
+# Results are written in one transaction per batch: at least FLUSH_EVERY of them, at most
+# FLUSH_MAX, and a full FLUSH_SECONDS apart in between, so a fast stream commits a few times a
+# second (each commit costs an fsync) while a slow run still shows its progress every second.
 FLUSH_EVERY = 500
+FLUSH_MAX = 5000
+FLUSH_SECONDS = 1.0
 
 LOG_FIELDS = (
     "run",
@@ -57,10 +63,22 @@ class Recorder:
         self.logs: list[tuple[Any, ...]] = []  # ReportLog rows in LOG_FIELDS order, less the last
         self.states: list[tuple[Change, bool]] = []  # (change, delivered)
         self.db = Rows()
+        self.flushed_at = time.monotonic()
+        # Read once, not per event.
+        self.run_id, self.meter_id, self.event_name = run.pk, meter.pk, meter.event_name
+        self._bounds: dict[datetime, tuple[Any, Any]] = {}
+
+    def bounds(self, window_start: datetime) -> tuple[Any, Any]:
+        """A window's start and end as the database takes them (computed once per window)."""
+        found = self._bounds.get(window_start)
+        if found is None:
+            end = window_start + self.step
+            found = self._bounds[window_start] = (self.db.moment(window_start), self.db.moment(end))
+        return found
 
     def identifier(self, change: Change) -> str:
         return make_identifier(
-            event_name=self.meter.event_name,
+            event_name=self.event_name,
             stripe_customer_id=change.customer.stripe_customer_id,
             window_start=change.window_start,
             value=change.value,
@@ -72,8 +90,7 @@ class Recorder:
         for change in changes:
             self.log(change, self.identifier(change), LogStatus.DRY_RUN)
             self.tally.events_sent += 1
-            if len(self.logs) >= FLUSH_EVERY:
-                self.flush()
+            self.flush_if_due()
 
     def send(self, changes: Iterable[Change], sender: Sender) -> None:
         """Send the changes as they come: the sender pulls them lazily while it sends."""
@@ -82,14 +99,13 @@ class Recorder:
             for change in changes:
                 yield MeterEvent(
                     key=change,
-                    event_name=self.meter.event_name,
+                    event_name=self.event_name,
                     stripe_customer_id=change.customer.stripe_customer_id,
                     value=change.value,
                     timestamp=change.window_start,
                     identifier=self.identifier(change),
                 )
-                if len(self.logs) >= FLUSH_EVERY:
-                    self.flush()
+                self.flush_if_due()
 
         # The sender counts its 429s (thread-safely); the run shows them as they come.
         before = self.tally.rate_limited - sender.rate_limited
@@ -111,8 +127,7 @@ class Recorder:
             error="" if result.delivered else result.error,
         )
         self.states.append((change, result.delivered))
-        if len(self.logs) >= FLUSH_EVERY:
-            self.flush()
+        self.flush_if_due()
 
     def log(
         self,
@@ -127,15 +142,15 @@ class Recorder:
             self.tally.events_failed += 1
         elif status == LogStatus.SENT:
             self.tally.events_sent += 1
+        customer = change.customer
         self.logs.append(
             (
-                self.run.pk,
-                self.meter.pk,
-                change.customer.pk,
-                change.customer.stripe_customer_id,
-                self.meter.event_name,
-                self.db.moment(change.window_start),
-                self.db.moment(change.window_start + self.step),
+                self.run_id,
+                self.meter_id,
+                customer.pk,
+                customer.stripe_customer_id,
+                self.event_name,
+                *self.bounds(change.window_start),
                 self.db.decimal(change.value),
                 None if change.previous is None else self.db.decimal(change.previous),
                 None if change.period_start is None else self.db.moment(change.period_start),
@@ -146,7 +161,15 @@ class Recorder:
             )
         )
 
+    def flush_if_due(self) -> None:
+        pending = len(self.logs)
+        if pending >= FLUSH_MAX or (
+            pending >= FLUSH_EVERY and time.monotonic() - self.flushed_at >= FLUSH_SECONDS
+        ):
+            self.flush()
+
     def flush(self) -> None:
+        self.flushed_at = time.monotonic()
         if not self.logs and not self.states:
             return
         with transaction.atomic():
@@ -174,10 +197,10 @@ class Recorder:
                 STATE_FIELDS,
                 [
                     (
-                        self.meter.pk,
+                        self.meter_id,
                         c.customer.pk,
                         c.customer.stripe_customer_id,
-                        self.db.moment(c.window_start),
+                        self.bounds(c.window_start)[0],
                         self.db.decimal(c.value),
                         c.revision + 1,
                         False,

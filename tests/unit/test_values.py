@@ -3,7 +3,7 @@
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from billing.reporting.detect import Held, decide, differs
+from billing.reporting.detect import Held, HeldTotal, decide, differs
 from billing.reporting.values import make_identifier, quantize, totals_match
 
 W = datetime(2026, 11, 20, 13, tzinfo=UTC)
@@ -48,9 +48,10 @@ def test_a_changed_window_is_sent_even_back_to_zero():
 def test_range_totals_compare_with_float_tolerance():
     assert totals_match(Decimal("0.30000000000000004"), Decimal("0.3"))
     assert not totals_match(Decimal("1.001"), Decimal("1"))
-    assert not differs(Decimal("10"), {"total": Decimal("10"), "dirty": 0})
-    assert differs(Decimal("10"), {"total": Decimal("9"), "dirty": 0})
-    assert differs(Decimal("10"), {"total": Decimal("10"), "dirty": 1})
+    assert not differs(Decimal("10"), HeldTotal(Decimal("10"), nonzero=1, dirty=0))
+    assert not differs(Decimal("0.30000000000000004"), HeldTotal(Decimal("0.3"), 1, 0))
+    assert differs(Decimal("10"), HeldTotal(Decimal("9"), nonzero=1, dirty=0))
+    assert differs(Decimal("10"), HeldTotal(Decimal("10"), nonzero=1, dirty=1))
     assert differs(Decimal("1"), None) and not differs(None, None)
 
 
