@@ -109,6 +109,7 @@ def execute_run(run: ReportRun, *, follow: bool = True, fan_out: bool = False) -
     are then done here one after the other, or with `fan_out` queued as tasks that any worker
     takes. The run ends when its last part does."""
     preparation = parts.begin_preparation(run)
+    customers: dict[str, Customer] = {}
     if preparation is None:
         logger.warning("Report run %s was prepared already; not preparing it twice.", run.pk)
         run.refresh_from_db()
@@ -134,7 +135,7 @@ def execute_run(run: ReportRun, *, follow: bool = True, fan_out: bool = False) -
         if fan_out:
             _enqueue_part(part)
         else:
-            execute_part(part)
+            execute_part(part, everyone=customers)
     run.refresh_from_db()
     return run
 
@@ -152,9 +153,10 @@ def _enqueue_part(part: RunPart) -> None:
         parts.end(part, Tally(part=part, errors=[f"Could not be queued: {redact(str(exc))}"]))
 
 
-def execute_part(part: RunPart) -> None:
+def execute_part(part: RunPart, *, everyone: dict[str, Customer] | None = None) -> None:
     """Do one part of a run: a meter, or one shard of its customers. Ends the part (and the run,
-    if it was the last) whatever happens."""
+    if it was the last) whatever happens. `everyone`: the run's customers by subject, when the
+    caller has them (else read again: the preparation may have been another process's)."""
     if not parts.start(part):
         logger.warning("Run part %s already ended; not doing it twice.", part.pk)
         return
@@ -162,7 +164,8 @@ def execute_part(part: RunPart) -> None:
     tally = Tally(part=part)
     try:
         assert meter is not None, "the preparation is not a part to execute"
-        everyone = _reportable_customers(run, Tally())  # what was skipped is the preparation's
+        if everyone is None:  # what was skipped is the preparation's to say
+            everyone = _reportable_customers(run, Tally())
         start, end = meter_range(run=run, meter=meter)
         with OpenMeterClient.from_settings() as openmeter:
             _report_meter(
