@@ -11,6 +11,7 @@ import pytest
 
 from billing.integrations.redis_ratelimit import RedisBucket
 from tests.helpers import skip_or_fail
+from tests.slot_taker import take_slots
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RATE = 40
@@ -27,17 +28,6 @@ def redis_url() -> str:
     return REDIS_URL
 
 
-def take_slots(url: str, key: str, calls: int, start_at: float) -> list[float]:
-    """In a child process: the wall-clock times at which `calls` slots were granted."""
-    bucket = RedisBucket(url=url, key=key, rate=RATE)
-    time.sleep(max(0.0, start_at - time.time()))  # every process starts together
-    granted = []
-    for _ in range(calls):
-        bucket.acquire()
-        granted.append(time.time())
-    return granted
-
-
 def busiest_second(times: list[float]) -> int:
     times = sorted(times)
     busiest, lo = 0, 0
@@ -50,9 +40,11 @@ def busiest_second(times: list[float]) -> int:
 
 def test_processes_share_one_limit(redis_url):
     key = f"meterbridge-test:{uuid.uuid4().hex}"
-    start_at = time.time() + 1.5
-    with multiprocessing.get_context("fork").Pool(PROCESSES) as pool:
-        results = pool.starmap(take_slots, [(redis_url, key, CALLS_EACH, start_at)] * PROCESSES)
+    start_at = time.time() + 3  # spawned processes take a while to start
+    with multiprocessing.get_context("spawn").Pool(PROCESSES) as pool:
+        results = pool.starmap(
+            take_slots, [(redis_url, key, RATE, CALLS_EACH, start_at)] * PROCESSES
+        )
     granted = [t for times in results for t in times]
     assert len(granted) == PROCESSES * CALLS_EACH
     assert busiest_second(granted) <= RATE
