@@ -321,6 +321,31 @@ def test_rows_without_subject_are_skipped_and_bad_bodies_are_errors():
             list(om.query(slug="m", start=T0, end=T0 + HOUR))
 
 
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"<html>busy</html>", "expected JSON"),
+        # Rows are read one at a time: a broken end still fails the whole answer.
+        (
+            b'{"data":[{"value":1,"windowStart":"2026-11-20T00:00:00Z",'
+            b'"windowEnd":"2026-11-20T01:00:00Z","subject":"a"}],"to":',
+            "expected JSON",
+        ),
+        (b'{"windowSize":"HOUR"}', 'expected a MeterQueryResult with "data"'),
+        (b'{"data":{"value":1}}', 'expected a MeterQueryResult with "data"'),
+    ],
+)
+def test_a_broken_answer_fails_the_query_with_what_was_expected(body: bytes, expected: str):
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body, headers={"content-type": "application/json"})
+
+    with OpenMeterClient(
+        base_url="http://openmeter.test", transport=httpx.MockTransport(handler)
+    ) as om:
+        with pytest.raises(OpenMeterError, match=expected):
+            list(om.query(slug="m", start=T0, end=T0 + HOUR))
+
+
 # --- the token ------------------------------------------------------------------------------------
 
 

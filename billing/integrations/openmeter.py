@@ -26,6 +26,7 @@ from urllib.parse import quote
 import httpx
 
 from billing import clock
+from billing.integrations.json_stream import NotAnArray, array_items
 
 __all__ = [
     "CustomerInfo",
@@ -292,13 +293,18 @@ class OpenMeterClient:
                 else:
                     params.append(("groupBy", "subject"))
                 params.extend(("subject", subject) for subject in batch)
-                body = self._get_json(path, params, slug=slug)
-                yield from self._rows(slug, body, by_customer=bool(customers))
+                text = self._request(path, params, slug=slug).text
+                try:
+                    yield from self._rows(slug, array_items(text, key="data"), customers)
+                except ValueError:
+                    raise self._bad_body(slug, "JSON") from None
+                except NotAnArray:
+                    raise self._bad_body(slug, 'a MeterQueryResult with "data"') from None
 
-    def _rows(self, slug: str, body: Any, *, by_customer: bool = False) -> Iterator[UsageRow]:
-        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-            raise self._bad_body(slug, 'a MeterQueryResult with "data"')
-        for item in body["data"]:
+    def _rows(self, slug: str, items: Iterator[Any], customers: list[str]) -> Iterator[UsageRow]:
+        """The answer's rows, decoded one at a time (an answer may hold 100,000 of them)."""
+        by_customer = bool(customers)
+        for item in items:
             if not isinstance(item, dict):
                 raise self._bad_body(slug, "rows that are objects")
             subject = item.get("subject")
