@@ -463,3 +463,35 @@ def test_scheduled_run_finds_late_usage_by_ranges_when_many_customers_changed(
     # Range totals, not one query per customer or per window.
     assert fake_openmeter.count("/api/v1/meters/api_calls/query") - queries_before <= 12
     assert reporting.report_usage(trigger=Trigger.SCHEDULE, now=now).events_sent == 0
+
+
+def test_a_run_reads_its_customers_in_one_query_whatever_their_number(
+    setup, fake_stripe, fake_openmeter, now
+):
+    """A run reads only the customer fields it needs, in one query: a field it uses but does
+    not read would cost a query per customer (skipped customers and their reason included)."""
+    from django.test.utils import CaptureQueriesContext
+
+    from billing.models import Customer, SyncStatus
+
+    run(now)
+
+    def queries_of_an_unchanged_run() -> tuple[ReportRun, int]:
+        with CaptureQueriesContext(connection) as queries:
+            result = run(now)
+        assert result.events_sent == 0
+        return result, len(queries)
+
+    _, before = queries_of_an_unchanged_run()
+    synced_customers([f"more-{i}" for i in range(8)])
+    for i in range(3):
+        Customer.objects.create(
+            name=f"Broken {i}",
+            openmeter_subject=f"broken-{i}",
+            stripe_customer_id=f"cus_broken{i}",
+            sync_status=SyncStatus.FAILED,
+            sync_error="Stripe answered 400: bad email",
+        )
+    result, after = queries_of_an_unchanged_run()
+    assert "Customer 'broken-2' skipped: its last sync to Stripe failed" in result.error
+    assert after == before
