@@ -433,6 +433,7 @@ class Scenario:
     status: str = ""
     note: str = ""
     rss_mb: float = 0.0
+    rss_before_mb: float = 0.0
 
     @property
     def events_per_s(self) -> float:
@@ -563,6 +564,7 @@ class Bench:
 
         self.fakes.call("reset_stats")
         self.sampler.enter(name)
+        before = self.sampler.current_mb()
         t0 = time.perf_counter()
         run = reporting.report_usage(trigger=Trigger.SCHEDULE, now=now)
         seconds = time.perf_counter() - t0
@@ -577,6 +579,7 @@ class Bench:
             status=f"{run.status} (sent {run.events_sent}, unchanged {run.events_unchanged}, "
             f"failed {run.events_failed})",
             rss_mb=self.sampler.peaks.get(name, 0.0),
+            rss_before_mb=before,
         )
         if run.error:
             result.note = run.error.splitlines()[0]
@@ -668,6 +671,7 @@ class Bench:
         )
         self.fakes.call("reset_stats")
         self.sampler.enter("D seed algorithm")
+        before = self.sampler.current_mb()
         failures = 0
         t0 = time.perf_counter()
         with httpx.Client(base_url=self.fakes.openmeter_url, timeout=30) as openmeter:
@@ -701,6 +705,7 @@ class Bench:
             openmeter=stats["openmeter"],
             status=f"{len(pairs)} pairs, {failures} failed",
             rss_mb=self.sampler.peaks.get("D seed algorithm", 0.0),
+            rss_before_mb=before,
         )
         return result, sample, pairs_total
 
@@ -724,7 +729,9 @@ class Bench:
                 f"  {s.events_per_s / self.args.rate:.1%} of the configured rate "
                 f"({self.args.rate:g}/s)"
             )
-        lines.append(f"  peak RSS during the run: {s.rss_mb:.0f} MB")
+        lines.append(
+            f"  peak RSS during the run: {s.rss_mb:.0f} MB ({s.rss_before_mb:.0f} MB before it)"
+        )
         return "\n".join(lines)
 
 
