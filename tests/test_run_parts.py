@@ -199,3 +199,22 @@ def test_shards_of_a_unique_count_meter_bill_each_customer_s_value_to_date(
         }
         users = {u for when, u in seen[customer.openmeter_subject] if when >= month}
         assert held[max(held)] == len(users), customer
+
+
+@pytest.mark.parametrize("shards", [2, 4, 8, 16])
+def test_a_shard_read_by_the_database_holds_the_customers_in_shard_says(usage, shards):
+    """A part reads its shard's customers only; the rule in SQL is in_shard's, and the shards
+    together hold every customer once."""
+    from billing.models import Customer
+
+    _, customers, _ = usage
+    customers += synced_customers([f"more{i}" for i in range(20)])
+    run = start_run(RunRequest(trigger=Trigger.ADMIN))
+    seen: list[int] = []
+    for shard in range(shards):
+        part = RunPart(run=run, meter=None, shard=shard, shards=shards)
+        read = run_parts.in_shard_query(Customer.objects.all(), part)
+        expected = [c.pk for c in customers if run_parts.in_shard(c, part)]
+        assert sorted(read.values_list("pk", flat=True)) == sorted(expected)
+        seen += expected
+    assert sorted(seen) == sorted(c.pk for c in customers)

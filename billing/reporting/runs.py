@@ -124,7 +124,7 @@ def execute_run(run: ReportRun, *, follow: bool = True, fan_out: bool = False) -
         planned = parts.plan(
             run=run,
             meters=meters,
-            customers=len({c.pk for c in customers.values()}),
+            customers=len({c.id for c in customers.values()}),
             shard=fan_out,
         )
     except Exception as exc:  # the run must end with a status, whatever happened
@@ -164,8 +164,10 @@ def execute_part(part: RunPart, *, everyone: dict[str, Customer] | None = None) 
     tally = Tally(part=part)
     try:
         assert meter is not None, "the preparation is not a part to execute"
+        # One shard of a meter counts its usage under subjects of no customer: it needs them all.
+        counts_unmapped = part.shards > 1 and part.shard == 0 and not run.customer_subjects
         if everyone is None:  # what was skipped is the preparation's to say
-            everyone = _reportable_customers(run, Tally())
+            everyone = _reportable_customers(run, Tally(), part=None if counts_unmapped else part)
         start, end = meter_range(run=run, meter=meter)
         with OpenMeterClient.from_settings() as openmeter:
             _report_meter(
@@ -180,9 +182,7 @@ def execute_part(part: RunPart, *, everyone: dict[str, Customer] | None = None) 
                     "tally": tally,
                 },
             )
-            if part.shards > 1 and part.shard == 0 and not run.customer_subjects:
-                # Shards compare their own customers only: one of them counts the meter's usage
-                # under subjects of no customer.
+            if counts_unmapped:  # the other shards compare their own customers only
                 whole = MeterPass(
                     meter=meter,
                     start=start,
@@ -279,9 +279,14 @@ REPORTING_FIELDS = (
 )
 
 
-def _reportable_customers(run: ReportRun, tally: Tally) -> dict[str, Customer]:
-    """The run's customers that may be billed, by subject; the others are errors on the run."""
+def _reportable_customers(
+    run: ReportRun, tally: Tally, *, part: RunPart | None = None
+) -> dict[str, Customer]:
+    """The run's customers that may be billed, by subject; the others are errors on the run.
+    `part`: that part's shard of them only (the database leaves out the others)."""
     customers = Customer.objects.filter(active=True).only(*REPORTING_FIELDS)
+    if part is not None:
+        customers = parts.in_shard_query(customers, part)
     if run.customer_subjects:
         customers = customers.filter(openmeter_subject__in=run.customer_subjects)
     usable = []
@@ -328,7 +333,7 @@ def _report_meter(*, run: ReportRun, meter: Meter, pass_fields: dict[str, Any]) 
     if run.dry_run:
         _compare_and_send(run=run, meter_pass=meter_pass)
         return
-    slots = {slot_of(customer.pk) for customer in meter_pass.everyone}
+    slots = {slot_of(customer.id) for customer in meter_pass.everyone}
     with meter_lock(meter.pk, wait=settings.REPORT_LOCK_WAIT_SECONDS, slots=slots) as held:
         if not held:
             message = (
