@@ -28,9 +28,11 @@ def fresh_buckets() -> Iterator[None]:
     cached clients hold theirs)."""
     TokenBucket._shared.clear()
     stripe_client._build.cache_clear()
+    stripe_client._http.cache_clear()
     yield
     TokenBucket._shared.clear()
     stripe_client._build.cache_clear()
+    stripe_client._http.cache_clear()
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["v1", "v2-stream"])

@@ -495,3 +495,24 @@ def test_a_run_reads_its_customers_in_one_query_whatever_their_number(
     result, after = queries_of_an_unchanged_run()
     assert "Customer 'broken-2' skipped: its last sync to Stripe failed" in result.error
     assert after == before
+
+
+def test_v2_stream_batch_refused_is_recorded_failed_with_stripes_words_and_sent_again(
+    setup, fake_stripe, now, settings
+):
+    meter, customers, usage = setup
+    settings.STRIPE_METER_EVENT_STREAM = True
+    fake_stripe.fail_next(1, status=400, path_prefix="/v2/billing/meter_event_stream")
+    first = run(now)
+    assert first.status != RunStatus.SUCCEEDED
+    failed = ReportLog.objects.filter(run=first, status=LogStatus.FAILED)
+    assert failed.count() == first.events_failed == len(usage.windows(meter, customers))
+    for log in failed:  # what Stripe said, and which request, for a person to follow up
+        assert log.stripe_request_id.startswith("req_")
+        assert log.error == (
+            f"Stripe answered 400: fake_stripe injected fault. (request {log.stripe_request_id})"
+        )
+    assert billed(fake_stripe, meter) == {}
+    again = run(now)
+    assert again.status == RunStatus.SUCCEEDED, again.error
+    assert billed(fake_stripe, meter) == usage.windows(meter, customers)

@@ -11,10 +11,13 @@ Senders never touch the database: they take events and yield results, and the re
 records them. That keeps database writes in one thread (SQLite allows one writer).
 """
 
+import functools
+import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -25,11 +28,14 @@ from django.conf import settings
 
 from billing.formatting import plain_decimal, utc_iso_millis
 from billing.integrations.stripe_calls import StripeCaller
+from billing.integrations.stripe_client import PacedHTTPXClient, get_http_client
 from billing.integrations.stripe_errors import describe, is_duplicate
 
 logger = logging.getLogger(__name__)
 
 V2_BATCH_SIZE = 100
+STREAM_PATH = "/v2/billing/meter_event_stream"
+STREAM_USER_AGENT = f"meterbridge stripe-python/{stripe.VERSION}"
 
 
 @dataclass(frozen=True)
@@ -110,28 +116,29 @@ class V2StreamSender(StripeCaller):
     def send(self, events: Iterable[MeterEvent]) -> Iterator[SendResult]:
         return self._run_concurrently(_batches(events, V2_BATCH_SIZE), self._send_batch)
 
+    @functools.cached_property
+    def http(self) -> PacedHTTPXClient:
+        return get_http_client(rate=self.rate)
+
     def _send_batch(self, batch: list[MeterEvent]) -> list[SendResult]:
-        body = {
-            "events": [
-                {
-                    "event_name": e.event_name,
-                    "identifier": e.identifier,
-                    "payload": e.payload(),
-                    "timestamp": utc_iso_millis(e.timestamp),
-                }
-                for e in batch
-            ]
-        }
+        body = json.dumps(
+            {
+                "events": [
+                    {
+                        "event_name": e.event_name,
+                        "identifier": e.identifier,
+                        "payload": e.payload(),
+                        "timestamp": utc_iso_millis(e.timestamp),
+                    }
+                    for e in batch
+                ]
+            }
+        ).encode()
         renewed = False
         while True:
-            options: dict[str, Any] = {"api_key": self._session_token(renew=renewed)}
+            token = self._session_token(renew=renewed)
             try:
-                self._call(
-                    lambda: self.client.v2.billing.meter_event_stream.create(
-                        body,  # type: ignore[arg-type]
-                        options=options,  # type: ignore[arg-type]  # noqa: B023 (called at once)
-                    )
-                )
+                self._call(lambda: self._post(body, token))  # noqa: B023 (called at once)
             except stripe.StripeError as exc:
                 expired = (
                     isinstance(exc, stripe.TemporarySessionExpiredError)
@@ -148,6 +155,44 @@ class V2StreamSender(StripeCaller):
                 return [SendResult(e, False, "", describe(exc)) for e in batch]
             # The stream validates asynchronously: a 200 means Stripe took the batch.
             return [SendResult(e, True, "") for e in batch]
+
+    def _post(self, body: bytes, token: str) -> None:
+        """One batch to the stream, through stripe-python's HTTP client (paced by the account's
+        limiter like every request) but not its resource layer, which also form-encodes each
+        100-event body before sending it as JSON: an eighth of a v2 run's CPU. An error is a
+        StripeError, read like any other call's."""
+        content, status, headers = self.http.request(
+            "post",
+            f"{settings.STRIPE_METER_EVENTS_API_BASE.rstrip('/')}{STREAM_PATH}",
+            {
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "application/json",
+                "Idempotency-Key": str(uuid.uuid4()),  # a fresh one a try, as stripe-python
+                "Stripe-Version": stripe.api_version,
+                "User-Agent": STREAM_USER_AGENT,
+            },
+            body,
+        )
+        if status >= 400:
+            raise _stream_error(content, status, headers)
+
+
+def _stream_error(content: bytes, status: int, headers: Mapping[str, str]) -> stripe.StripeError:
+    """A v2 error answer ({"error": {"type", "code", "message"}}) as stripe-python raises it."""
+    try:
+        answer = json.loads(content)
+        error = answer["error"]
+        code, message = error.get("code"), error.get("message")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        answer, code, message = None, None, f"unreadable error answer (HTTP {status})"
+    return stripe.StripeError(
+        message=message,
+        http_body=content,
+        http_status=status,
+        json_body=answer,
+        headers=dict(headers),
+        code=code,
+    )
 
 
 def _moment(value: Any) -> datetime:

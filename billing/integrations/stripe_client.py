@@ -94,13 +94,20 @@ def _build(
     rate: float,
     redis_url: str | None,
 ) -> stripe.StripeClient:
-    limiter = _limiter(api_key=api_key, events_base=events_base, redis_url=redis_url, rate=rate)
     return stripe.StripeClient(
         api_key,
         base_addresses={"api": api_base, "meter_events": events_base},
-        http_client=PacedHTTPXClient(limiter=limiter, allow_sync_methods=True, timeout=timeout),
+        http_client=_http(api_key, events_base, timeout, rate, redis_url),
         max_network_retries=retries,
     )
+
+
+@functools.cache
+def _http(
+    api_key: str, events_base: str, timeout: float, rate: float, redis_url: str | None
+) -> PacedHTTPXClient:
+    limiter = _limiter(api_key=api_key, events_base=events_base, redis_url=redis_url, rate=rate)
+    return PacedHTTPXClient(limiter=limiter, allow_sync_methods=True, timeout=timeout)
 
 
 def get_client(
@@ -121,6 +128,20 @@ def get_client(
         settings.STRIPE_API_BASE.rstrip("/"),
         settings.STRIPE_METER_EVENTS_API_BASE.rstrip("/"),
         retries,
+        settings.STRIPE_TIMEOUT,
+        rate or settings.STRIPE_MAX_REQUESTS_PER_SECOND,
+        settings.REDIS_URL,
+    )
+
+
+def get_http_client(*, rate: float | None = None) -> PacedHTTPXClient:
+    """The shared client's HTTP client, for the few calls made below stripe-python's resources
+    (the v2 meter event stream): paced by the same limiter."""
+    if not settings.STRIPE_API_KEY:
+        raise StripeNotConfigured()
+    return _http(
+        settings.STRIPE_API_KEY,
+        settings.STRIPE_METER_EVENTS_API_BASE.rstrip("/"),
         settings.STRIPE_TIMEOUT,
         rate or settings.STRIPE_MAX_REQUESTS_PER_SECOND,
         settings.REDIS_URL,
