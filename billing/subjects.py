@@ -16,7 +16,7 @@ def owners(
     """Subject key -> the customer (of `customers`) its usage is billed to.
 
     `assumed` previews moves: {subject: customer pk, or None for no customer}, as if saved."""
-    by_pk = {c.pk: c for c in customers}
+    by_pk = {c.id: c for c in customers}
     result = {c.openmeter_subject: c for c in by_pk.values()}
     rows = CustomerSubject.objects.order_by("pk").values_list("subject", "customer_id")
     if len(by_pk) <= 1000:  # few customers: let the database filter
@@ -51,5 +51,5 @@ def grouped(by_subject: Mapping[str, Customer]) -> dict[int, list[str]]:
     """Customer pk -> its subjects in `by_subject`."""
     result: dict[int, list[str]] = {}
     for subject, customer in by_subject.items():
-        result.setdefault(customer.pk, []).append(subject)
+        result.setdefault(customer.id, []).append(subject)
     return result

@@ -70,11 +70,11 @@ class CorrectionCollector:
         """Keep the change for `save` if a meter event can no longer bill its window."""
         closed = self._closed(change)
         if closed is not None:
-            self.held[(change.customer.pk, closed.period.pk)].append(change)
+            self.held[(change.customer.id, closed.period.pk)].append(change)
         return closed is not None
 
     def _closed(self, change: Change) -> ClosedPeriod | None:
-        for closed in self.periods.get(change.customer.pk, ()):
+        for closed in self.periods.get(change.customer.id, ()):
             if closed.holds(change.window_start):
                 return closed
         return None

@@ -116,7 +116,9 @@ class MeterPass:
 
     def __post_init__(self) -> None:
         self.subjects_of = subjects.grouped(self.customers)
-        unique = {c.pk: c for c in self.customers.values()}
+        # Customers are read by `id` here and in the recorder, not by the `pk` property: a run
+        # reads it some 15 times per customer (470,000 times for 10,000 x 3: 0.2 s).
+        unique = {c.id: c for c in self.customers.values()}
         self.everyone = list(unique.values())
 
     @property
@@ -162,7 +164,7 @@ class MeterPass:
                 if not differing:
                     pass  # the range is unchanged
                 elif check.high - check.low == self.step:  # one window: a total is its value
-                    usage = {(c.pk, check.low): self.customer_total(totals, c) for c in differing}
+                    usage = {(c.id, check.low): self.customer_total(totals, c) for c in differing}
                     yield from self.changes(check.low, check.high, differing, usage)
                 elif check.top and len(differing) > SUBJECT_FILTER_MAX:
                     todo.extendleft(
@@ -194,12 +196,12 @@ class MeterPass:
     def subjects_for(self, check: RangeCheck) -> list[str]:
         if check.top:
             return self.query_subjects()
-        keys = [s for c in check.candidates for s in self.subjects_of[c.pk]]
+        keys = [s for c in check.candidates for s in self.subjects_of[c.id]]
         return keys if len(keys) <= SUBJECT_FILTER_MAX else []
 
     def customer_total(self, totals: Mapping[str, Decimal], customer: Customer) -> Decimal:
         """The customer's usage: the sum over its subjects (SUM and COUNT add up)."""
-        subjects = self.subjects_of[customer.pk]
+        subjects = self.subjects_of[customer.id]
         if len(subjects) == 1:  # most customers: the same sum, without a generator
             return ZERO + totals.get(subjects[0], ZERO)
         return sum((totals.get(s, ZERO) for s in subjects), ZERO)
@@ -211,7 +213,7 @@ class MeterPass:
         held: Iterable[tuple[int, HeldTotal]],
     ) -> list[Customer]:
         """The candidates whose totals may differ, in their order; `held` as from held_totals."""
-        pending = {c.pk: c for c in check.candidates}  # left: those Stripe holds nothing for
+        pending = {c.id: c for c in check.candidates}  # left: those Stripe holds nothing for
         changed: set[int] = set()
         unchanged = 0
         for pk, mine in held:
@@ -225,7 +227,7 @@ class MeterPass:
         changed.update(
             pk for pk, c in pending.items() if differs(self.customer_total(totals, c), None)
         )
-        result = [c for c in check.candidates if c.pk in changed]
+        result = [c for c in check.candidates if c.id in changed]
         self.tally.events_unchanged += unchanged
         logger.info(
             "Meter '%s' %s..%s: %d of %d customers changed",
@@ -284,7 +286,7 @@ class MeterPass:
             meter=self.meter, window_start__gte=start, window_start__lt=end
         )
         if len(customers) <= STATE_FILTER_MAX:
-            state = state.filter(customer_id__in=[c.pk for c in customers])
+            state = state.filter(customer_id__in=[c.id for c in customers])
         rows = (
             state.values("customer_id")
             .annotate(
@@ -301,7 +303,7 @@ class MeterPass:
         self, start: datetime, end: datetime, customers: list[Customer], n_subjects: int
     ) -> Iterator[Change]:
         """The changed windows of `customers` in [start, end), from windowed queries in chunks."""
-        by_subject = {s: c for c in customers for s in self.subjects_of[c.pk]}
+        by_subject = {s: c for c in customers for s in self.subjects_of[c.id]}
         use_filter = len(by_subject) <= SUBJECT_FILTER_MAX
         per_query = len(by_subject) if use_filter else max(n_subjects, len(by_subject))
         chunk = self.step * max(1, ROWS_PER_QUERY // max(1, per_query))
@@ -323,7 +325,7 @@ class MeterPass:
             ):
                 customer = by_subject.get(row.subject)
                 if customer is not None:
-                    usage[(customer.pk, row.window_start)] += row.value
+                    usage[(customer.id, row.window_start)] += row.value
             yield from self.changes(chunk_start, chunk_end, customers, usage)
 
     def changes(
@@ -333,7 +335,7 @@ class MeterPass:
         customers: list[Customer],
         usage: Mapping[tuple[int, datetime], Decimal],
     ) -> Iterator[Change]:
-        ids = {c.pk: c for c in customers}
+        ids = {c.id: c for c in customers}
         held = self.held_windows(start, end, ids)
         for key in sorted(set(usage) | set(held), key=lambda k: (k[1], k[0])):
             value = quantize(usage.get(key, Decimal(0)))

@@ -24,8 +24,9 @@ logger = logging.getLogger(__name__)
 # FLUSH_MAX, and a full FLUSH_SECONDS apart in between, so a fast stream commits a few times a
 # second (each commit costs an fsync) while a slow run still shows its progress every second.
 FLUSH_EVERY = 500
-FLUSH_MAX = 5000
-FLUSH_SECONDS = 1.0
+FLUSH_MAX = 10000
+FLUSH_SECONDS = 2.0
+STAMP_SECONDS = 0.1  # a log row's created_at: the clock is read again after this long
 
 LOG_FIELDS = (
     "run",
@@ -60,13 +61,15 @@ class Recorder:
     def __init__(self, *, run: ReportRun, meter: Meter, tally: Tally) -> None:
         self.run, self.meter, self.tally = run, meter, tally
         self.step = meter.window_length
-        self.logs: list[tuple[Any, ...]] = []  # ReportLog rows in LOG_FIELDS order, less the last
+        self.logs: list[tuple[Any, ...]] = []  # ReportLog rows in LOG_FIELDS order
         self.states: list[tuple[Change, bool]] = []  # (change, delivered)
         self.db = Rows()
         self.flushed_at = time.monotonic()
         # Read once, not per event.
         self.run_id, self.meter_id, self.event_name = run.pk, meter.pk, meter.event_name
         self._bounds: dict[datetime, tuple[Any, Any]] = {}
+        self._stamp: Any = None
+        self._stamped_at = 0.0
 
     def bounds(self, window_start: datetime) -> tuple[Any, Any]:
         """A window's start and end as the database takes them (computed once per window)."""
@@ -75,6 +78,13 @@ class Recorder:
             end = window_start + self.step
             found = self._bounds[window_start] = (self.db.moment(window_start), self.db.moment(end))
         return found
+
+    def stamp(self) -> Any:
+        """Now, as the database takes it: when a result is recorded (to a tenth of a second)."""
+        at = time.monotonic()
+        if self._stamp is None or at - self._stamped_at >= STAMP_SECONDS:
+            self._stamp, self._stamped_at = self.db.moment(clock.now()), at
+        return self._stamp
 
     def identifier(self, change: Change) -> str:
         return make_identifier(
@@ -147,7 +157,7 @@ class Recorder:
             (
                 self.run_id,
                 self.meter_id,
-                customer.pk,
+                customer.id,
                 customer.stripe_customer_id,
                 self.event_name,
                 *self.bounds(change.window_start),
@@ -158,6 +168,7 @@ class Recorder:
                 status,
                 request_id[:100],
                 error,
+                self.stamp(),
             )
         )
 
@@ -173,8 +184,7 @@ class Recorder:
         if not self.logs and not self.states:
             return
         with transaction.atomic():
-            now = self.db.moment(clock.now())
-            self.db.insert(ReportLog, LOG_FIELDS, [(*row, now) for row in self.logs])
+            self.db.insert(ReportLog, LOG_FIELDS, self.logs)
             self.write_states()
             self.tally.save()
         self.logs, self.states = [], []
@@ -198,7 +208,7 @@ class Recorder:
                 [
                     (
                         self.meter_id,
-                        c.customer.pk,
+                        c.customer.id,
                         c.customer.stripe_customer_id,
                         self.bounds(c.window_start)[0],
                         self.db.decimal(c.value),
