@@ -21,10 +21,11 @@ from billing.reporting.values import make_identifier
 logger = logging.getLogger(__name__)
 
 # Results are written in one transaction per batch: at least FLUSH_EVERY of them, at most
-# FLUSH_MAX, and a full FLUSH_SECONDS apart in between, so a fast stream commits a few times a
-# second (each commit costs an fsync) while a slow run still shows its progress every second.
+# FLUSH_MAX, and a full FLUSH_SECONDS apart in between, so a fast stream commits once a second or
+# so (each commit costs an fsync) while a slow run still shows its progress every 2 seconds.
+# What was sent but not yet written is sent again by the next run, under the same identifiers.
 FLUSH_EVERY = 500
-FLUSH_MAX = 10000
+FLUSH_MAX = 10_000
 FLUSH_SECONDS = 2.0
 STAMP_SECONDS = 0.1  # a log row's created_at: the clock is read again after this long
 
