@@ -469,7 +469,8 @@ def test_a_run_reads_its_customers_in_one_query_whatever_their_number(
     setup, fake_stripe, fake_openmeter, now
 ):
     """A run reads only the customer fields it needs, in one query: a field it uses but does
-    not read would cost a query per customer (skipped customers and their reason included)."""
+    not read would cost a query per customer (skipped customers and their reason included).
+    PostgreSQL's lock slots (a query each, at most 16 per meter) are not counted."""
     from django.test.utils import CaptureQueriesContext
 
     from billing.models import Customer, SyncStatus
@@ -480,7 +481,7 @@ def test_a_run_reads_its_customers_in_one_query_whatever_their_number(
         with CaptureQueriesContext(connection) as queries:
             result = run(now)
         assert result.events_sent == 0
-        return result, len(queries)
+        return result, sum("advisory" not in q["sql"] for q in queries.captured_queries)
 
     _, before = queries_of_an_unchanged_run()
     synced_customers([f"more-{i}" for i in range(8)])
