@@ -523,8 +523,10 @@ class ReportLog(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        # Window before customer: a run's new rows go at the end of the index, not into every
+        # customer's entries (billing/migrations/0012_window_major_ledger.py).
         indexes = [
-            models.Index(fields=["meter", "customer", "window_start"], name="reportlog_window_idx")
+            models.Index(fields=["meter", "window_start", "customer"], name="reportlog_window_idx")
         ]
 
     def __str__(self) -> str:
@@ -539,9 +541,12 @@ class ReportedWindow(models.Model):
     window instead of scanning the history.
     """
 
-    # Both indexes below begin with the meter: an index of its own would only slow writes.
+    # The indexes below begin with the meter or the customer: one of their own would only slow
+    # writes.
     meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="+", db_index=False)
-    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="+")
+    customer = models.ForeignKey(
+        Customer, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
     stripe_customer_id = models.CharField(max_length=100)
     window_start = models.DateTimeField()
     value = models.DecimalField(max_digits=32, decimal_places=12)
@@ -551,9 +556,11 @@ class ReportedWindow(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        # Window before customer: a run's new windows are appended at the end of the key's index
+        # instead of into every customer's entries (billing/migrations/0012_window_major_ledger.py).
         constraints = [
             models.UniqueConstraint(
-                fields=["meter", "stripe_customer_id", "window_start"],
+                fields=["meter", "window_start", "stripe_customer_id"],
                 name="unique_reported_window",
             )
         ]
@@ -563,7 +570,11 @@ class ReportedWindow(models.Model):
             models.Index(
                 fields=["meter", "window_start", "customer", "value", "needs_resend"],
                 name="reported_range_totals_idx",
-            )
+            ),
+            # One customer's windows of a meter (its pages, corrections), without the others'.
+            models.Index(
+                fields=["customer", "meter", "window_start"], name="reported_customer_idx"
+            ),
         ]
 
     def __str__(self) -> str:

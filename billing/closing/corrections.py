@@ -26,6 +26,7 @@ from billing.models import (
     BillingPeriod,
     Correction,
     CorrectionStatus,
+    Customer,
     Meter,
     ReportedWindow,
     ReportRun,
@@ -99,7 +100,7 @@ def propose(
     customer = changes[0].customer
     held = held_values(
         meter=meter,
-        stripe_customer_id=customer.stripe_customer_id,
+        customer=customer,
         start=period.period_start,
         end=period.period_end,
     )
@@ -147,25 +148,26 @@ def propose(
 
 
 def held_values(
-    *, meter: Meter, stripe_customer_id: str, start: datetime, end: datetime
+    *, meter: Meter, customer: Customer, start: datetime, end: datetime
 ) -> dict[datetime, Decimal]:
-    """What Stripe holds for the customer per window over [start, end), from the ledger."""
+    """What Stripe holds for the customer per window over [start, end), from the ledger. By the
+    customer's row too: its index reads this customer's windows alone (the ledger's key is
+    ordered window first)."""
     return dict(
         ReportedWindow.objects.filter(
+            customer_id=customer.id,
             meter=meter,
-            stripe_customer_id=stripe_customer_id,
+            stripe_customer_id=customer.stripe_customer_id,
             window_start__gte=start,
             window_start__lt=end,
         ).values_list("window_start", "value")
     )
 
 
-def held_billed(
-    *, meter: Meter, stripe_customer_id: str, start: datetime, end: datetime
-) -> Decimal:
+def held_billed(*, meter: Meter, customer: Customer, start: datetime, end: datetime) -> Decimal:
     """What Stripe bills the customer for [start, end) from what it holds (billed_value: summed
     in Python, as SQLite sums decimals as floats)."""
-    values = held_values(meter=meter, stripe_customer_id=stripe_customer_id, start=start, end=end)
+    values = held_values(meter=meter, customer=customer, start=start, end=end)
     return aggregations.billed_value(aggregation=meter.openmeter_aggregation, values=values)
 
 

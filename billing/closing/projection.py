@@ -72,7 +72,7 @@ def _unsent(
                 measured = _measured(client, meter=meter, customer=customer, start=start, end=end)
                 held = held_billed(
                     meter=meter,
-                    stripe_customer_id=customer.stripe_customer_id,
+                    customer=customer,
                     start=start,
                     end=windows.floor(end, meter.window),
                 )
