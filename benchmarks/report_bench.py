@@ -434,6 +434,7 @@ class Scenario:
     note: str = ""
     rss_mb: float = 0.0
     rss_before_mb: float = 0.0
+    cpu_s: float = 0.0  # the app process's CPU time (all its threads), steadier than wall time
 
     @property
     def events_per_s(self) -> float:
@@ -565,9 +566,9 @@ class Bench:
         self.fakes.call("reset_stats")
         self.sampler.enter(name)
         before = self.sampler.current_mb()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         run = reporting.report_usage(trigger=Trigger.SCHEDULE, now=now)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         self.sampler.sample()
         stats = self.fakes.call("stats")
         result = Scenario(
@@ -580,6 +581,7 @@ class Bench:
             f"failed {run.events_failed})",
             rss_mb=self.sampler.peaks.get(name, 0.0),
             rss_before_mb=before,
+            cpu_s=cpu,
         )
         if run.error:
             result.note = run.error.splitlines()[0]
@@ -712,7 +714,8 @@ class Bench:
     def _describe(self, s: Scenario, *, rate: bool = False) -> str:
         stripe_requests = s.stripe.get("total", 0)
         lines = [
-            f"{s.name}: {s.seconds:.2f}s, {s.events:,} events, {s.events_per_s:,.0f} events/s",
+            f"{s.name}: {s.seconds:.2f}s, {s.events:,} events, {s.events_per_s:,.0f} events/s"
+            + (f" (app CPU {s.cpu_s:.2f}s)" if s.cpu_s else ""),
             f"  run: {s.status}" + (f"; {s.note}" if s.note else ""),
             f"  OpenMeter requests: {s.om_requests()} {s.openmeter or ''}; Stripe requests: "
             f"{stripe_requests} {s.stripe.get('by_status') or ''}",
