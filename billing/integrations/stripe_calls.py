@@ -15,7 +15,12 @@ from typing import Any, TypeVar
 import stripe
 from django.conf import settings
 
-from billing.integrations.stripe_client import account_limiter, get_client
+from billing.integrations.stripe_client import (
+    PacedHTTPXClient,
+    account_limiter,
+    get_client,
+    get_http_client,
+)
 from billing.integrations.stripe_errors import retryable
 
 # How far the senders work ahead of the caller: seconds of sending at the full rate, capped in
@@ -62,6 +67,11 @@ class StripeCaller:
         """Built on first use (the summaries reader never needs one); retries go through the
         bucket, not stripe-python."""
         return get_client(max_network_retries=0, rate=self.rate)
+
+    @functools.cached_property
+    def http(self) -> PacedHTTPXClient:
+        """The client's HTTP client, for the requests the senders make below its resources."""
+        return get_http_client(rate=self.rate)
 
     def _call(self, func: Callable[[], T]) -> T:
         """Call Stripe, retrying what can be retried. Raises the last error.

@@ -32,10 +32,10 @@ def retryable(exc: stripe.StripeError) -> Retry | None:
     errors are retried."""
     headers = exc.headers or {}
     status = exc.http_status or 0
-    retry_after = parse_retry_after(_header(headers, "retry-after"))
+    retry_after = parse_retry_after(header(headers, "retry-after"))
     if status == 429:
         return Retry("Stripe answered 429 (rate limited)", retry_after, rate_limited=True)
-    should_retry = str(_header(headers, "stripe-should-retry") or "").lower()
+    should_retry = str(header(headers, "stripe-should-retry") or "").lower()
     if should_retry == "false":
         return None
     if isinstance(exc, stripe.APIConnectionError):
@@ -45,7 +45,7 @@ def retryable(exc: stripe.StripeError) -> Retry | None:
     return None
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
+def header(headers: Mapping[str, str], name: str) -> str | None:
     """A response header by name, whatever its case (stripe-python may hand a plain dict)."""
     value = headers.get(name)
     if value is None:
