@@ -51,8 +51,7 @@ def _customers(n: int) -> list[Customer]:
 @pytest.mark.django_db
 def test_the_ledgers_indexes_put_the_window_before_the_customer():
     rw = _columns(ReportedWindow._meta.db_table)
-    key = next(cols for name, cols in rw.items() if name == "unique_reported_window")
-    assert key == ["meter_id", "window_start", "stripe_customer_id"]
+    assert rw["unique_reported_window"] == ["meter_id", "window_start", "stripe_customer_id"]
     assert rw["reported_customer_idx"] == ["customer_id", "meter_id", "window_start"]
     assert ["customer_id"] not in rw.values()  # the composite one serves it
     log = _columns("billing_reportlog")
@@ -98,7 +97,6 @@ def test_the_migration_keeps_every_row_both_ways():
     executor = MigrationExecutor(connection)
     try:
         executor.migrate(BEFORE)
-        executor.loader.build_graph()
         assert _columns(ReportedWindow._meta.db_table)["unique_reported_window"] == [
             "meter_id",
             "stripe_customer_id",
